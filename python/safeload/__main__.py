@@ -1,0 +1,5 @@
+import sys
+
+from safeload.cli import main
+
+sys.exit(main())
