@@ -1,0 +1,126 @@
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include "safeload/error.h"
+#include "safeload/reference.h"
+#include "safeload/torch.h"
+
+namespace safeload {
+namespace {
+
+std::optional<c10::ScalarType> scalar_type_of(DType dtype) {
+  switch (dtype) {
+    case DType::kBool: return c10::ScalarType::Bool;
+    case DType::kU8: return c10::ScalarType::Byte;
+    case DType::kI8: return c10::ScalarType::Char;
+    case DType::kI16: return c10::ScalarType::Short;
+    case DType::kU16: return c10::ScalarType::UInt16;
+    case DType::kI32: return c10::ScalarType::Int;
+    case DType::kU32: return c10::ScalarType::UInt32;
+    case DType::kI64: return c10::ScalarType::Long;
+    case DType::kU64: return c10::ScalarType::UInt64;
+    case DType::kF16: return c10::ScalarType::Half;
+    case DType::kBF16: return c10::ScalarType::BFloat16;
+    case DType::kF32: return c10::ScalarType::Float;
+    case DType::kF64: return c10::ScalarType::Double;
+    case DType::kC64: return c10::ScalarType::ComplexFloat;
+    case DType::kF8_E5M2: return c10::ScalarType::Float8_e5m2;
+    case DType::kF8_E4M3: return c10::ScalarType::Float8_e4m3fn;
+    case DType::kF8_E8M0: return c10::ScalarType::Float8_e8m0fnu;
+    case DType::kF8_E4M3FNUZ: return c10::ScalarType::Float8_e4m3fnuz;
+    case DType::kF8_E5M2FNUZ: return c10::ScalarType::Float8_e5m2fnuz;
+    case DType::kF4: return c10::ScalarType::Float4_e2m1fn_x2;
+    case DType::kF6_E2M3:
+    case DType::kF6_E3M2: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+std::string describe(const TensorInfo& t, std::string_view path) {
+  return "tensor '" + t.name + "' in '" + std::string(path) + "'";
+}
+
+}  // namespace
+
+c10::ScalarType torch_dtype(const TensorInfo& t, std::string_view path) {
+  const std::optional<c10::ScalarType> st = scalar_type_of(t.dtype);
+  SAFELOAD_CHECK(st.has_value(), ErrorCode::kUnsupportedDtype,
+                 describe(t, path) + " has dtype " + std::string(dtype_info(t.dtype).name) +
+                     ", which torch has no dtype for");
+  return *st;
+}
+
+std::vector<std::int64_t> torch_sizes(const TensorInfo& t, std::string_view path) {
+  std::vector<std::int64_t> sizes = t.shape;
+  if (t.dtype == DType::kF4) {
+    SAFELOAD_CHECK(!sizes.empty() && sizes.back() % 2 == 0, ErrorCode::kUnsupportedDtype,
+                   describe(t, path) +
+                       " is F4 with an odd or missing last dimension; torch stores F4 as "
+                       "float4_e2m1fn_x2 (pairs along the last dimension), which needs it even");
+    sizes.back() /= 2;
+  }
+  return sizes;
+}
+
+void check_torch_compatible(const Header& header, std::string_view path) {
+  for (const TensorInfo& t : header.tensors()) {
+    torch_dtype(t, path);
+    torch_sizes(t, path);
+  }
+}
+
+at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device device,
+                        bool pinned) {
+  at::Tensor out = at::empty(torch_sizes(t, path),
+                             at::TensorOptions().dtype(torch_dtype(t, path)).device(device).pinned_memory(pinned));
+  SAFELOAD_INTERNAL_ASSERT(out.nbytes() == t.nbytes(), "torch size must match the header's");
+  return out;
+}
+
+c10::Device parse_device(std::string_view device) {
+  try {
+    return c10::Device(std::string(device));
+  } catch (const c10::Error&) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "invalid device '" + std::string(device) +
+                    "' (expected e.g. 'cpu', 'cuda', 'cuda:1' or 'mps')");
+  }
+}
+
+void check_device_usable(c10::Device device) {
+  if (device.is_cpu()) return;
+  try {
+    (void)at::empty({0}, at::TensorOptions().device(device));
+  } catch (const c10::Error& e) {
+    throw Error(ErrorCode::kInvalidArgument, "device '" + device.str() +
+                                                 "' cannot be used by this torch build: " +
+                                                 e.what_without_backtrace());
+  }
+}
+
+namespace reference {
+
+TensorMap load_file(const std::string& path, c10::Device device) {
+  check_device_usable(device);
+  const File file = File::open(path);
+  const Header header = Header::read(file);
+  check_torch_compatible(header, path);
+
+  std::vector<at::Tensor> host;
+  std::vector<void*> dst;
+  host.reserve(header.tensors().size());
+  for (const TensorInfo& t : header.tensors()) {
+    host.push_back(empty_tensor(t, path, c10::Device("cpu")));
+    dst.push_back(host.back().mutable_data_ptr());
+  }
+  safeload::reference::read_tensors(file, header, dst);
+
+  TensorMap out;
+  for (std::size_t i = 0; i < host.size(); ++i) {
+    out.emplace(header.tensors()[i].name, host[i].to(device));
+  }
+  return out;
+}
+
+}  // namespace reference
+}  // namespace safeload

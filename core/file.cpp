@@ -1,0 +1,121 @@
+#include "safeload/file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "safeload/error.h"
+
+namespace safeload {
+namespace {
+
+// Linux transfers at most 0x7ffff000 bytes per read; asking for less keeps
+// every call a full one on all platforms.
+constexpr std::size_t kMaxReadPerCall = std::size_t{1} << 30;
+
+[[noreturn]] void throw_io(const std::string& what, const std::string& path, int err) {
+  throw Error(ErrorCode::kIo, what + " '" + path + "': " + std::strerror(err), err);
+}
+
+}  // namespace
+
+void pread_full(int fd, void* dst, std::size_t n, std::uint64_t offset, const std::string& path) {
+  auto* out = static_cast<unsigned char*>(dst);
+  std::size_t done = 0;
+  while (done < n) {
+    const std::size_t want = std::min(n - done, kMaxReadPerCall);
+    const ssize_t got = ::pread(fd, out + done, want, static_cast<off_t>(offset + done));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw_io("cannot read " + std::to_string(want) + " bytes at offset " +
+                   std::to_string(offset + done) + " of",
+               path, errno);
+    }
+    if (got == 0) {
+      throw Error(ErrorCode::kIo,
+                  "unexpected end of file in '" + path + "': wanted " + std::to_string(n) +
+                      " bytes at offset " + std::to_string(offset) + ", the file ends after " +
+                      std::to_string(done) + " of them. Was the file truncated while loading?");
+    }
+    done += static_cast<std::size_t>(got);
+  }
+}
+
+void preadv_full(int fd, struct iovec* iov, int count, std::uint64_t offset,
+                 const std::string& path) {
+  std::uint64_t wanted = 0;
+  for (int i = 0; i < count; ++i) wanted += iov[i].iov_len;
+  std::uint64_t done = 0;
+  while (count > 0) {
+    if (iov->iov_len == 0) {
+      ++iov, --count;
+      continue;
+    }
+    const ssize_t got = ::preadv(fd, iov, count, static_cast<off_t>(offset + done));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw_io("cannot read " + std::to_string(wanted - done) + " bytes at offset " +
+                   std::to_string(offset + done) + " of",
+               path, errno);
+    }
+    if (got == 0) {
+      throw Error(ErrorCode::kIo,
+                  "unexpected end of file in '" + path + "': wanted " + std::to_string(wanted) +
+                      " bytes at offset " + std::to_string(offset) + ", the file ends after " +
+                      std::to_string(done) + " of them. Was the file truncated while loading?");
+    }
+    done += static_cast<std::uint64_t>(got);
+    // Advance past what was read: whole buffers first, then into a partial one.
+    std::size_t left = static_cast<std::size_t>(got);
+    while (count > 0 && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      ++iov, --count;
+    }
+    if (count > 0) {
+      iov->iov_base = static_cast<char*>(iov->iov_base) + left;
+      iov->iov_len -= left;
+    }
+  }
+}
+
+File::File(int fd, std::string path, std::uint64_t size)
+    : fd_(fd), path_(std::move(path)), size_(size) {}
+
+File File::open(const std::string& path) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) throw_io("cannot open", path, errno);
+  File file(fd, path, 0);  // owns fd from here on, so every throw below closes it
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw_io("cannot stat", path, errno);
+  if (!S_ISREG(st.st_mode)) throw_io("not a regular file:", path, S_ISDIR(st.st_mode) ? EISDIR : EINVAL);
+  file.size_ = static_cast<std::uint64_t>(st.st_size);
+  return file;
+}
+
+File::File(File&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)), size_(other.size_) {}
+
+File& File::operator=(File&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+    path_ = std::move(other.path_);
+    size_ = other.size_;
+  }
+  return *this;
+}
+
+File::~File() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+}  // namespace safeload

@@ -1,0 +1,156 @@
+// The fast loader's torch side: allocate every destination first, then hand
+// the byte moving to fast/read.cpp, straight into host-writable memory or
+// through pinned staging slots for device memory.
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+#include "safeload/error.h"
+#include "safeload/fast.h"
+#include "safeload/torch.h"
+
+#if defined(__APPLE__) && __has_include(<ATen/mps/MPSAllocatorInterface.h>)
+#include <ATen/mps/MPSAllocatorInterface.h>
+#include <torch/version.h>
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 13)
+#define SAFELOAD_MPS_HOST_ALIAS 1
+#endif
+#endif
+
+namespace safeload {
+namespace {
+
+// A host pointer through which `t`'s bytes can be written, or nullptr.
+// `keepalive` holds whatever keeps that pointer valid.
+void* host_writable_pointer(const at::Tensor& t, c10::Storage* keepalive) {
+  if (t.device().is_cpu()) return t.mutable_data_ptr();
+#if defined(SAFELOAD_MPS_HOST_ALIAS)
+  // Apple silicon: MPS storage in a shared (unified-memory) Metal buffer has a
+  // CPU alias, so the CPU path's direct reads apply unchanged. UNTESTED in CI:
+  // no Apple hardware; these lines are the whole MPS-specific code.
+  if (t.device().is_mps()) {
+    at::mps::IMPSAllocator* allocator = at::mps::getIMPSAllocator();
+    if (allocator->isSharedBuffer(t.storage().data())) {
+      *keepalive = allocator->getHostAliasStorage(t.storage());
+      return static_cast<char*>(keepalive->mutable_data()) + t.storage_offset() * t.itemsize();
+    }
+  }
+#endif
+  (void)keepalive;
+  return nullptr;
+}
+
+// Copies out of staging slots into device tensors with non-blocking copies on
+// the device's current stream; one event per slot says when it is free again.
+class TorchStagedTarget final : public fast::StagedTarget {
+ public:
+  TorchStagedTarget(const std::vector<at::Tensor>& tensors, const at::Tensor& staging,
+                    std::uint64_t slot_bytes, std::size_t slot_count, c10::Device device)
+      : staging_(staging), slot_bytes_(slot_bytes), device_(device) {
+    for (const at::Tensor& t : tensors) {
+      // A flat byte view of each destination, whatever its dtype.
+      bytes_.push_back(t.nbytes() == 0 ? at::Tensor()
+                                        : at::from_blob(t.mutable_data_ptr(),
+                                                        {static_cast<std::int64_t>(t.nbytes())},
+                                                        at::TensorOptions().dtype(at::kByte).device(device)));
+    }
+    if (!device.is_cpu()) {
+      for (std::size_t i = 0; i < slot_count; ++i) events_.emplace_back(device.type());
+    }
+  }
+
+  void copy_from_slot(std::size_t slot, const fast::Plan& plan, const fast::ReadOp& op,
+                      const void* src) override {
+    c10::DeviceGuard guard(device_);
+    std::int64_t src_offset = static_cast<std::int64_t>(slot * slot_bytes_);
+    for (std::size_t s = 0; s < op.segment_count; ++s) {
+      const fast::Segment& seg = plan.segments[op.first_segment + s];
+      const auto length = static_cast<std::int64_t>(seg.length);
+      bytes_[seg.tensor]
+          .narrow(0, static_cast<std::int64_t>(seg.tensor_offset), length)
+          .copy_(staging_.narrow(0, src_offset, length), /*non_blocking=*/true);
+      src_offset += length;
+    }
+    if (!events_.empty()) {
+      c10::impl::VirtualGuardImpl impl(device_.type());
+      events_[slot].record(impl.getStream(device_));
+    }
+  }
+
+  void wait_slot(std::size_t slot) override {
+    if (!events_.empty()) events_[slot].synchronize();
+  }
+
+ private:
+  at::Tensor staging_;
+  std::uint64_t slot_bytes_;
+  c10::Device device_;
+  std::vector<at::Tensor> bytes_;
+  std::vector<c10::Event> events_;
+};
+
+// Staging memory: pinned where the device's host allocator can pin, so that
+// copies run asynchronously; pageable otherwise (copies are then synchronous,
+// which is still correct).
+at::Tensor allocate_staging(std::uint64_t bytes, c10::Device device) {
+  const auto options = at::TensorOptions().dtype(at::kByte);
+  if (device.is_cuda()) {
+    try {
+      return at::empty({static_cast<std::int64_t>(bytes)}, options.pinned_memory(true));
+    } catch (const c10::Error&) {
+      // No pinning allocator in this build; fall through to pageable memory.
+    }
+  }
+  return at::empty({static_cast<std::int64_t>(bytes)}, options);
+}
+
+}  // namespace
+
+TensorMap load_file(const std::string& path, c10::Device device, const LoadOptions& options) {
+  check_device_usable(device);
+  const File file = File::open(path);
+  const Header header = Header::read(file);
+  check_torch_compatible(header, path);
+  const std::unique_ptr<fast::Executor> executor = fast::make_executor(options.threads);
+  const std::size_t threads = executor->concurrency();
+
+  // Everything is allocated before the first read.
+  std::vector<at::Tensor> tensors;
+  tensors.reserve(header.tensors().size());
+  for (const TensorInfo& t : header.tensors()) tensors.push_back(empty_tensor(t, path, device));
+
+  std::vector<void*> host(tensors.size(), nullptr);
+  std::vector<c10::Storage> keepalive(tensors.size());
+  bool direct = options.path == LoadOptions::Path::kAuto;
+  for (std::size_t i = 0; direct && i < tensors.size(); ++i) {
+    if (tensors[i].nbytes() == 0) continue;
+    host[i] = host_writable_pointer(tensors[i], &keepalive[i]);
+    direct = host[i] != nullptr;
+  }
+
+  if (direct) {
+    const std::uint64_t chunk = options.chunk_bytes ? options.chunk_bytes
+                                                    : fast::default_chunk_bytes(header.data_length(), threads);
+    fast::read_direct(file, header, fast::plan_reads(header, chunk), host, *executor);
+  } else {
+    SAFELOAD_CHECK(options.staging_bytes >= 64 * 1024, ErrorCode::kInvalidArgument,
+                   "staging_bytes must be at least 64 KiB, got " + std::to_string(options.staging_bytes));
+    // Two slots per thread let reads continue while earlier copies drain.
+    std::uint64_t chunk = options.chunk_bytes ? options.chunk_bytes
+                                              : fast::default_chunk_bytes(header.data_length(), threads);
+    chunk = std::max<std::uint64_t>(4096, std::min(chunk, options.staging_bytes / (2 * threads)));
+    const std::size_t slot_count = static_cast<std::size_t>(std::max<std::uint64_t>(1, options.staging_bytes / chunk));
+    const at::Tensor staging = allocate_staging(chunk * slot_count, device);
+    std::vector<void*> slots;
+    for (std::size_t i = 0; i < slot_count; ++i) slots.push_back(staging.mutable_data_ptr<std::uint8_t>() + i * chunk);
+    TorchStagedTarget target(tensors, staging, chunk, slot_count, device);
+    fast::read_staged(file, header, fast::plan_reads(header, chunk), slots, target, *executor);
+  }
+
+  TensorMap out;
+  for (std::size_t i = 0; i < tensors.size(); ++i) out.emplace(header.tensors()[i].name, std::move(tensors[i]));
+  return out;
+}
+
+}  // namespace safeload

@@ -1,0 +1,117 @@
+#include <sys/uio.h>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+
+#include "safeload/error.h"
+#include "safeload/fast.h"
+
+namespace safeload::fast {
+
+void read_direct(const File& file, const Header& header, const Plan& plan,
+                 const std::vector<void*>& dst, Executor& executor) {
+  SAFELOAD_INTERNAL_ASSERT(dst.size() == header.tensors().size(), "one destination per tensor");
+  executor.parallel_for(plan.ops.size(), [&](std::size_t k) {
+    const ReadOp& op = plan.ops[k];
+    iovec iov[kMaxSegmentsPerOp];
+    for (std::size_t s = 0; s < op.segment_count; ++s) {
+      const Segment& seg = plan.segments[op.first_segment + s];
+      iov[s].iov_base = static_cast<char*>(dst[seg.tensor]) + seg.tensor_offset;
+      iov[s].iov_len = seg.length;
+    }
+    preadv_full(file.fd(), iov, static_cast<int>(op.segment_count), op.file_offset, file.path());
+  });
+}
+
+namespace {
+
+// The staging slots: free ones wait in a queue; a slot whose bytes may still
+// be being copied out is "dirty" and is waited for before anyone refills it.
+class SlotRing {
+ public:
+  SlotRing(std::size_t count, StagedTarget& target) : dirty_(count, false), target_(target) {
+    for (std::size_t i = 0; i < count; ++i) free_.push_back(i);
+  }
+
+  std::size_t acquire() {
+    std::size_t slot;
+    bool dirty;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [&] { return !free_.empty(); });
+      slot = free_.front();
+      free_.pop_front();
+      dirty = dirty_[slot];
+    }
+    if (dirty) {
+      try {
+        target_.wait_slot(slot);
+      } catch (...) {
+        release(slot, /*dirty=*/true);
+        throw;
+      }
+    }
+    return slot;
+  }
+
+  void release(std::size_t slot, bool dirty) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      dirty_[slot] = dirty;
+      free_.push_back(slot);
+    }
+    cv_.notify_one();
+  }
+
+  // After the workers have stopped: waits for every outstanding copy.
+  void drain() {
+    for (std::size_t slot = 0; slot < dirty_.size(); ++slot) {
+      if (dirty_[slot]) target_.wait_slot(slot);
+      dirty_[slot] = false;
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<std::size_t> free_;
+  std::vector<bool> dirty_;
+  StagedTarget& target_;
+};
+
+}  // namespace
+
+void read_staged(const File& file, const Header& header, const Plan& plan,
+                 const std::vector<void*>& slots, StagedTarget& target, Executor& executor) {
+  SAFELOAD_INTERNAL_ASSERT(!slots.empty(), "staging needs at least one slot");
+  SlotRing ring(slots.size(), target);
+  std::mutex copy_mutex;
+  try {
+    executor.parallel_for(plan.ops.size(), [&](std::size_t k) {
+      const ReadOp& op = plan.ops[k];
+      SAFELOAD_INTERNAL_ASSERT(op.length <= plan.chunk_bytes, "an op must fit one slot");
+      const std::size_t slot = ring.acquire();
+      try {
+        file.pread_full(slots[slot], op.length, op.file_offset);
+        std::lock_guard<std::mutex> lock(copy_mutex);
+        target.copy_from_slot(slot, plan, op, slots[slot]);
+      } catch (...) {
+        // A failed read leaves nothing to copy; a failed copy may have started.
+        ring.release(slot, /*dirty=*/true);
+        throw;
+      }
+      ring.release(slot, /*dirty=*/true);
+    });
+  } catch (...) {
+    try {
+      ring.drain();
+    } catch (...) {
+      // The first error is the one worth reporting.
+    }
+    throw;
+  }
+  ring.drain();
+}
+
+}  // namespace safeload::fast
