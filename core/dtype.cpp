@@ -30,7 +30,7 @@ constexpr std::array<DTypeInfo, kDTypeCount> make_table() {
   }};
 }
 
-constexpr std::array<DTypeInfo, kDTypeCount> kTable = make_table();
+constexpr std::array<DTypeInfo, kDTypeCount> kTable = make_table();  // for the static_asserts
 
 constexpr bool table_is_in_enum_order() {
   for (std::size_t i = 0; i < kTable.size(); ++i) {
@@ -47,10 +47,10 @@ static_assert(table_is_in_enum_order(), "table rows must be in enum order");
 
 const std::array<DTypeInfo, kDTypeCount> kDTypeTable = kTable;
 
-const DTypeInfo& dtype_info(DType dtype) { return kTable[static_cast<std::size_t>(dtype)]; }
+const DTypeInfo& dtype_info(DType dtype) { return kDTypeTable[static_cast<std::size_t>(dtype)]; }
 
 std::optional<DType> dtype_from_name(std::string_view name) {
-  for (const DTypeInfo& info : kTable) {
+  for (const DTypeInfo& info : kDTypeTable) {
     if (info.name == name) return info.dtype;
   }
   return std::nullopt;

@@ -23,14 +23,34 @@ constexpr std::size_t kMaxReadPerCall = std::size_t{1} << 30;
   throw Error(ErrorCode::kIo, what + " '" + path + "': " + std::strerror(err), err);
 }
 
+long system_pread(int fd, void* buf, std::size_t n, std::int64_t offset) {
+  return ::pread(fd, buf, n, static_cast<off_t>(offset));
+}
+
+long system_preadv(int fd, const struct iovec* iov, int count, std::int64_t offset) {
+  return ::preadv(fd, iov, count, static_cast<off_t>(offset));
+}
+
 }  // namespace
 
 void pread_full(int fd, void* dst, std::size_t n, std::uint64_t offset, const std::string& path) {
+  detail::pread_full_using(system_pread, fd, dst, n, offset, path);
+}
+
+void preadv_full(int fd, struct iovec* iov, int count, std::uint64_t offset,
+                 const std::string& path) {
+  detail::preadv_full_using(system_preadv, fd, iov, count, offset, path);
+}
+
+namespace detail {
+
+void pread_full_using(PreadFn fn, int fd, void* dst, std::size_t n, std::uint64_t offset,
+                      const std::string& path) {
   auto* out = static_cast<unsigned char*>(dst);
   std::size_t done = 0;
   while (done < n) {
     const std::size_t want = std::min(n - done, kMaxReadPerCall);
-    const ssize_t got = ::pread(fd, out + done, want, static_cast<off_t>(offset + done));
+    const long got = fn(fd, out + done, want, static_cast<std::int64_t>(offset + done));
     if (got < 0) {
       if (errno == EINTR) continue;
       throw_io("cannot read " + std::to_string(want) + " bytes at offset " +
@@ -47,8 +67,8 @@ void pread_full(int fd, void* dst, std::size_t n, std::uint64_t offset, const st
   }
 }
 
-void preadv_full(int fd, struct iovec* iov, int count, std::uint64_t offset,
-                 const std::string& path) {
+void preadv_full_using(PreadvFn fn, int fd, struct iovec* iov, int count, std::uint64_t offset,
+                       const std::string& path) {
   std::uint64_t wanted = 0;
   for (int i = 0; i < count; ++i) wanted += iov[i].iov_len;
   std::uint64_t done = 0;
@@ -57,7 +77,7 @@ void preadv_full(int fd, struct iovec* iov, int count, std::uint64_t offset,
       ++iov, --count;
       continue;
     }
-    const ssize_t got = ::preadv(fd, iov, count, static_cast<off_t>(offset + done));
+    const long got = fn(fd, iov, count, static_cast<std::int64_t>(offset + done));
     if (got < 0) {
       if (errno == EINTR) continue;
       throw_io("cannot read " + std::to_string(wanted - done) + " bytes at offset " +
@@ -83,6 +103,8 @@ void preadv_full(int fd, struct iovec* iov, int count, std::uint64_t offset,
     }
   }
 }
+
+}  // namespace detail
 
 File::File(int fd, std::string path, std::uint64_t size)
     : fd_(fd), path_(std::move(path)), size_(size) {}

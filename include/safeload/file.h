@@ -25,6 +25,17 @@ void pread_full(int fd, void* dst, std::size_t n, std::uint64_t offset, const st
 void preadv_full(int fd, struct iovec* iov, int count, std::uint64_t offset,
                  const std::string& path);
 
+namespace detail {
+// The same loops over injectable system calls, so tests can force EINTR and
+// short reads deterministically. Production code uses the functions above.
+using PreadFn = long (*)(int fd, void* buf, std::size_t n, std::int64_t offset);
+using PreadvFn = long (*)(int fd, const struct iovec* iov, int count, std::int64_t offset);
+void pread_full_using(PreadFn fn, int fd, void* dst, std::size_t n, std::uint64_t offset,
+                      const std::string& path);
+void preadv_full_using(PreadvFn fn, int fd, struct iovec* iov, int count, std::uint64_t offset,
+                       const std::string& path);
+}  // namespace detail
+
 // An open, read-only file. Owns its descriptor (closed on destruction);
 // movable, not copyable. The size is taken once, at open.
 class File {

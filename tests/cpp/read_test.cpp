@@ -1,0 +1,163 @@
+// The fast loader's byte movers against the reference loader, byte for byte.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "safeload/fast.h"
+#include "safeload/reference.h"
+#include "test_util.h"
+
+namespace safeload::fast {
+namespace {
+
+using testing::entry;
+using testing::make_file;
+using testing::pattern_bytes;
+using testing::TempFile;
+
+// Tensors of assorted sizes at assorted (odd) offsets, zero-size ones included.
+std::string mixed_file() {
+  const std::vector<std::pair<std::string, std::uint64_t>> sizes = {
+      {"a", 3}, {"empty", 0}, {"b", 70001}, {"c", 1}, {"d", 4096}, {"e", 333333}, {"empty2", 0}, {"f", 17}};
+  std::string json = "{";
+  std::uint64_t at = 0;
+  for (const auto& [name, n] : sizes) {
+    if (json.size() > 1) json += ",";
+    json += entry(name, "U8", std::to_string(n), at, at + n);
+    at += n;
+  }
+  return make_file(json + "}", pattern_bytes(at, 42));
+}
+
+struct Buffers {
+  explicit Buffers(const Header& h) {
+    for (const TensorInfo& t : h.tensors()) storage.emplace_back(t.nbytes(), '\x5a');  // poisoned
+    for (std::string& s : storage) ptrs.push_back(s.empty() ? nullptr : s.data());
+  }
+  std::vector<std::string> storage;
+  std::vector<void*> ptrs;
+};
+
+std::vector<std::string> reference_bytes(const File& file, const Header& h) {
+  Buffers b(h);
+  reference::read_tensors(file, h, b.ptrs);
+  return b.storage;
+}
+
+// Copies synchronously, like a CPU destination.
+class SyncTarget : public StagedTarget {
+ public:
+  explicit SyncTarget(Buffers& dst) : dst_(dst) {}
+  void copy_from_slot(std::size_t, const Plan& plan, const ReadOp& op, const void* src) override {
+    const char* p = static_cast<const char*>(src);
+    for (std::size_t s = 0; s < op.segment_count; ++s) {
+      const Segment& seg = plan.segments[op.first_segment + s];
+      std::memcpy(dst_.storage[seg.tensor].data() + seg.tensor_offset, p, seg.length);
+      p += seg.length;
+    }
+  }
+  void wait_slot(std::size_t) override {}
+
+ private:
+  Buffers& dst_;
+};
+
+// Behaves like an asynchronous device copy at its laziest: nothing is copied
+// until the slot is waited for. If the reader refilled a slot before waiting,
+// the deferred copy would pick up the wrong bytes and the comparison fails.
+class DeferredTarget : public StagedTarget {
+ public:
+  explicit DeferredTarget(Buffers& dst) : sync_(dst) {}
+  void copy_from_slot(std::size_t slot, const Plan& plan, const ReadOp& op, const void* src) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    EXPECT_EQ(pending_.count(slot), 0u) << "slot reused before its copies were waited for";
+    pending_[slot] = {&plan, &op, src};
+  }
+  void wait_slot(std::size_t slot) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = pending_.find(slot);
+    if (it == pending_.end()) return;
+    sync_.copy_from_slot(slot, *it->second.plan, *it->second.op, it->second.src);
+    pending_.erase(it);
+  }
+  std::size_t pending() const { return pending_.size(); }
+
+ private:
+  struct Pending {
+    const Plan* plan;
+    const ReadOp* op;
+    const void* src;
+  };
+  SyncTarget sync_;
+  std::mutex mutex_;
+  std::map<std::size_t, Pending> pending_;
+};
+
+TEST(ReadDirect, MatchesReferenceForEveryChunkSize) {
+  TempFile tmp(mixed_file());
+  const File file = File::open(tmp.path());
+  const Header h = Header::read(file);
+  const auto expected = reference_bytes(file, h);
+  for (std::uint64_t chunk : {1ull, 5ull, 4096ull, 65536ull, 1ull << 20}) {
+    for (std::size_t threads : {1, 3, 8}) {
+      SCOPED_TRACE(std::to_string(chunk) + " bytes, " + std::to_string(threads) + " threads");
+      Buffers out(h);
+      auto executor = make_executor(threads);
+      read_direct(file, h, plan_reads(h, chunk), out.ptrs, *executor);
+      EXPECT_EQ(out.storage, expected);
+    }
+  }
+}
+
+TEST(ReadStaged, MatchesReferenceThroughSyncAndDeferredCopies) {
+  TempFile tmp(mixed_file());
+  const File file = File::open(tmp.path());
+  const Header h = Header::read(file);
+  const auto expected = reference_bytes(file, h);
+  for (std::uint64_t chunk : {7ull, 4096ull, 100000ull}) {
+    for (std::size_t slot_count : {1, 2, 5}) {
+      SCOPED_TRACE(std::to_string(chunk) + " bytes x " + std::to_string(slot_count) + " slots");
+      const Plan plan = plan_reads(h, chunk);
+      std::vector<std::string> ring(slot_count, std::string(chunk, '\0'));
+      std::vector<void*> slots;
+      for (std::string& s : ring) slots.push_back(s.data());
+      auto executor = make_executor(4);
+
+      Buffers sync_out(h);
+      SyncTarget sync(sync_out);
+      read_staged(file, h, plan, slots, sync, *executor);
+      EXPECT_EQ(sync_out.storage, expected);
+
+      Buffers deferred_out(h);
+      DeferredTarget deferred(deferred_out);
+      read_staged(file, h, plan, slots, deferred, *executor);
+      EXPECT_EQ(deferred.pending(), 0u) << "every copy is finished on return";
+      EXPECT_EQ(deferred_out.storage, expected);
+    }
+  }
+}
+
+TEST(ReadErrors, FileTruncatedAfterValidationIsIoAndStagingIsDrained) {
+  const std::string bytes = mixed_file();
+  TempFile tmp(bytes);
+  const File file = File::open(tmp.path());
+  const Header h = Header::read(file);
+  ASSERT_EQ(::truncate(tmp.path().c_str(), static_cast<off_t>(bytes.size() / 2)), 0);
+
+  Buffers direct_out(h);
+  auto executor = make_executor(4);
+  testing::expect_code(ErrorCode::kIo, [&] { read_direct(file, h, plan_reads(h, 4096), direct_out.ptrs, *executor); });
+
+  Buffers staged_out(h);
+  DeferredTarget deferred(staged_out);
+  std::vector<std::string> ring(3, std::string(4096, '\0'));
+  std::vector<void*> slots = {ring[0].data(), ring[1].data(), ring[2].data()};
+  testing::expect_code(ErrorCode::kIo, [&] { read_staged(file, h, plan_reads(h, 4096), slots, deferred, *executor); });
+  EXPECT_EQ(deferred.pending(), 0u) << "no copy may still read staging memory after an error";
+}
+
+}  // namespace
+}  // namespace safeload::fast
