@@ -1,0 +1,102 @@
+"""``safeload conform``: run the conformance suite against a loader.
+
+Exit status: 0 if nothing unexpected happened (or the loader's package is not
+installed and it was skipped), 1 on any failure or unexpected pass, 2 on a
+usage error or a loader that cannot start.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from safeload.conformance.adapters import ADAPTERS
+
+EPILOG = "shipped adapters (use as --loader NAME):\n" + "\n".join(
+    f"  {name:<22} {desc}" for name, desc in ADAPTERS.items()
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="safeload conform",
+        description="Judge a safetensors loader against the fixture corpus and property-based cases. "
+        "A loader is any callable (path, device) -> Mapping[str, torch.Tensor] that raises on invalid input.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--loader", required=True,
+                   help="MODULE:FUNC (MODULE may be a path to a .py file), or a shipped adapter's name")
+    p.add_argument("--device", action="append", dest="devices",
+                   help="device to load onto (repeatable; default cpu)")
+    p.add_argument("--cases", help="corpus directory holding manifest.json (default: the bundled corpus)")
+    p.add_argument("-k", "--select", action="append", default=[], metavar="PATTERN",
+                   help="run only corpus cases whose name matches this glob (repeatable)")
+    p.add_argument("--expected-failures", metavar="FILE", help="expected-failure list ('NAME  # reason' per line)")
+    p.add_argument("--json", metavar="OUT", help="write a machine-readable report here")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per case before it counts as a hang")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes per device (default 1)")
+    p.add_argument("--property-cases", type=int, default=200, metavar="N",
+                   help="Hypothesis-generated cases to add (default 200; 0 disables)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the property-based cases (default 0)")
+    p.add_argument("--reference", default="safeload_reference",
+                   help="loader whose verdicts the corrupted property cases expect (default: safeload's reference)")
+    p.add_argument("--strict-codes", action="store_true",
+                   help="also require SafetensorError codes to match the manifest (for safeload's own loaders)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list expected failures and implementation-defined behaviour")
+    return p
+
+
+def _spec(name: str) -> str:
+    from safeload.conformance.adapters import spec
+
+    return spec(name) if name in ADAPTERS else name
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from safeload.conformance.cases import load_corpus
+    from safeload.conformance.expected import ExpectedFailuresError, load_expected_failures
+    from safeload.conformance.runner import LoaderUnavailable, WorkerStartError, run
+
+    loader = _spec(args.loader)
+    try:
+        cases = load_corpus(args.cases, args.select)
+        xfail = load_expected_failures(args.expected_failures)
+    except (OSError, ValueError, ExpectedFailuresError) as e:
+        print(f"safeload conform: {e}", file=sys.stderr)
+        return 2
+    if not cases and args.property_cases <= 0:
+        print("safeload conform: no cases selected", file=sys.stderr)
+        return 2
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        report = run(
+            loader,
+            devices=args.devices or ["cpu"],
+            cases=cases,
+            expected_failures=xfail,
+            timeout=args.timeout,
+            jobs=args.jobs,
+            strict_codes=args.strict_codes,
+            property_cases=max(0, args.property_cases),
+            seed=args.seed,
+            reference=_spec(args.reference),
+            log=log,
+        )
+    except LoaderUnavailable as e:
+        print(f"SKIPPED {args.loader}: {e}")
+        return 0
+    except WorkerStartError as e:
+        print(f"safeload conform: {e}", file=sys.stderr)
+        return 2
+    print(report.render(verbose=args.verbose))
+    if args.json:
+        report.write_json(args.json)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""Runs cases through isolated worker processes and judges the observations.
+
+Each case is loaded from a private copy of its file (a broken loader must not
+be able to damage the corpus) by a worker process. A worker is reused across
+cases while it behaves; when a case crashes it (segfault, abort, exit) or
+overruns the timeout, that case is recorded as failed, the worker is killed
+and a fresh one takes the next case.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from safeload.conformance.cases import ACCEPT, IMPL, REJECT, Case
+from safeload.conformance.report import FAILED, IMPL_DEFINED, PASSED, XFAIL, XPASS, Report, Result
+
+STARTUP_TIMEOUT = 120.0
+
+
+class LoaderUnavailable(RuntimeError):
+    """The loader cannot be imported (e.g. its package is not installed)."""
+
+
+class WorkerStartError(RuntimeError):
+    pass
+
+
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+class Worker:
+    """One worker process for one loader."""
+
+    def __init__(self, loader: str, log_dir: str, env: dict[str, str] | None = None):
+        self.loader = loader
+        req_r, self._req_w = os.pipe()
+        self._resp_r, resp_w = os.pipe()
+        self.log_path = tempfile.mktemp(prefix="worker-", suffix=".log", dir=log_dir)
+        environ = dict(os.environ if env is None else env)
+        environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_package_root(), os.getcwd(), environ.get("PYTHONPATH", "")) if p
+        )
+        environ.setdefault("PYTHONFAULTHANDLER", "1")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "safeload.conformance.worker", "--loader", loader,
+                 "--in-fd", str(req_r), "--out-fd", str(resp_w)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                pass_fds=(req_r, resp_w), env=environ, start_new_session=True,
+            )
+        os.close(req_r)
+        os.close(resp_w)
+        self._buf = b""
+        msg = self._receive(STARTUP_TIMEOUT)
+        if msg is None or not msg.get("ready"):
+            detail = (msg or {}).get("error") or self._why_dead() or "no reply"
+            self.kill()
+            if msg and msg.get("unavailable"):
+                raise LoaderUnavailable(detail)
+            raise WorkerStartError(f"loader {loader!r} could not be started: {detail}\n{self.log_tail()}")
+
+    def _receive(self, timeout: float) -> dict[str, Any] | None:
+        """Next message, or None on timeout or if the worker died."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self._resp_r], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(self._resp_r, 1 << 20)
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def request(self, msg: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str]:
+        """(observation, "") or (None, why it failed: crash or timeout)."""
+        try:
+            os.write(self._req_w, (json.dumps(msg) + "\n").encode())
+        except OSError:
+            return None, self._why_dead() or "worker is gone"
+        reply = self._receive(timeout)
+        if reply is not None:
+            return reply, ""
+        if self.proc.poll() is None:
+            self.kill()
+            return None, f"timed out after {timeout:g} s (hang)"
+        return None, self._why_dead()
+
+    def _why_dead(self) -> str:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return ""
+        what = f"crashed ({_signal_name(code)})" if code < 0 else f"worker exited with status {code}"
+        tail = self.log_tail(600)
+        return what + (f"; worker output ends: {tail}" if tail else "")
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - n))
+                return f.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+    def close(self) -> None:
+        try:
+            os.close(self._req_w)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        try:
+            os.close(self._resp_r)
+        except OSError:
+            pass
+
+
+def _device_matches(observed: str, requested: str) -> bool:
+    if observed == requested:
+        return True
+    req_type, _, req_index = requested.partition(":")
+    obs_type, _, obs_index = observed.partition(":")
+    if req_type != obs_type:
+        return False
+    return not req_index or req_index == obs_index
+
+
+def judge(case: Case, device: str, obs: dict[str, Any] | None, failure: str, strict_codes: bool) -> tuple[bool | None, str]:
+    """(passed, detail); passed is None for implementation-defined cases that
+    did not crash (their behaviour is only recorded)."""
+    if obs is None:
+        return False, failure
+    if case.expect == IMPL:
+        if obs["accepted"]:
+            names = sorted(obs.get("tensors", {}))
+            same = case.tensors is not None and _compare(case, device, obs) == []
+            return None, f"accepted ({len(names)} tensors{', as the lenient reading expects' if same else ''})"
+        return None, f"rejected: {_describe_error(obs)}"
+    if case.expect == REJECT:
+        if obs["accepted"]:
+            return False, f"accepted a malformed file (returned {len(obs.get('tensors', {}))} tensors)"
+        if strict_codes and case.error and obs.get("error_code") != case.error:
+            return False, f"rejected with code {obs.get('error_code')!r}, expected {case.error!r}: {obs.get('error')}"
+        return True, f"rejected: {_describe_error(obs)}"
+    if not obs["accepted"]:
+        return False, f"rejected a valid file: {_describe_error(obs)}"
+    problems = _compare(case, device, obs) + list(obs.get("problems", []))
+    if problems:
+        return False, "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+    return True, f"{len(obs['tensors'])} tensors identical"
+
+
+def _describe_error(obs: dict[str, Any]) -> str:
+    code = f" [{obs['error_code']}]" if obs.get("error_code") else ""
+    return f"{obs.get('error_type')}{code}: {obs.get('error', '')[:200]}"
+
+
+def _compare(case: Case, device: str, obs: dict[str, Any]) -> list[str]:
+    got = obs.get("tensors", {})
+    if case.observed is not None:
+        want = {k: dict(v) for k, v in case.observed.items()}
+    else:
+        want = {}
+        for name, t in (case.tensors or {}).items():
+            want[name] = {"dtype": t.torch_dtype, "shape": None if t.torch_shape is None else list(t.torch_shape),
+                          "sha256": t.sha256, "format_dtype": t.dtype}
+    problems = []
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    if missing:
+        problems.append(f"missing tensors {_names(missing)}")
+    if extra:
+        problems.append(f"unexpected tensors {_names(extra)}")
+    for name in sorted(set(want) & set(got)):
+        w, g = want[name], got[name]
+        if w["dtype"] != g["dtype"]:
+            problems.append(f"{name!r}: dtype {g['dtype']}, expected {w['dtype']}")
+        if w["shape"] != g["shape"]:
+            problems.append(f"{name!r}: shape {g['shape']}, expected {w['shape']}")
+        if not _device_matches(g["device"], device):
+            problems.append(f"{name!r}: on device {g['device']}, expected {device}")
+        if w["sha256"] != g["sha256"]:
+            problems.append(f"{name!r}: bytes differ from the file's")
+    return problems
+
+
+def _names(names: list[str], n: int = 5) -> str:
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _run_cases(
+    loader: str,
+    device: str,
+    cases: Sequence[Case],
+    *,
+    timeout: float,
+    jobs: int,
+    workdir: str,
+    ownership: bool = True,
+    on_result: Callable[[Case, dict[str, Any] | None, str, float], None],
+) -> None:
+    """Feed cases to ``jobs`` workers; report each (case, obs, failure, seconds)."""
+    todo: queue.Queue[Case] = queue.Queue()
+    for c in cases:
+        todo.put(c)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def drive(slot: int) -> None:
+        worker: Worker | None = None
+        private = Path(workdir) / f"{device.replace(':', '_')}-{slot}"
+        private.mkdir(parents=True, exist_ok=True)
+        try:
+            while True:
+                try:
+                    case = todo.get_nowait()
+                except queue.Empty:
+                    return
+                if worker is None or not worker.alive():
+                    worker = Worker(loader, workdir)
+                copy = private / (case.name + ".safetensors")
+                shutil.copyfile(case.path, copy)
+                t0 = time.monotonic()
+                obs, failure = worker.request(
+                    {"path": str(copy), "device": device, "ownership": ownership, "sha256": case.sha256},
+                    timeout,
+                )
+                elapsed = time.monotonic() - t0
+                if obs is None:
+                    worker.kill()
+                    worker = None
+                with lock:
+                    on_result(case, obs, failure, elapsed)
+                try:
+                    copy.unlink()
+                except OSError:
+                    pass
+        except BaseException as e:  # surfaces in the caller
+            errors.append(e)
+            while True:
+                try:
+                    todo.get_nowait()
+                except queue.Empty:
+                    break
+        finally:
+            if worker is not None:
+                worker.close()
+
+    threads = [threading.Thread(target=drive, args=(i,), daemon=True) for i in range(max(1, jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def run(
+    loader: str,
+    *,
+    devices: Sequence[str] = ("cpu",),
+    cases: Sequence[Case] = (),
+    expected_failures: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    jobs: int = 1,
+    strict_codes: bool = False,
+    property_cases: int = 0,
+    seed: int = 0,
+    reference: str = "safeload.conformance.adapters.safeload_reference:load_file",
+    log: Callable[[str], None] | None = None,
+) -> Report:
+    """Run ``loader`` (a ``MODULE:FUNC`` spec) over ``cases`` on each device,
+    plus ``property_cases`` Hypothesis-generated cases from ``seed`` whose
+    verdicts come from ``reference``. Raises LoaderUnavailable if the loader
+    cannot be imported."""
+    log = log or (lambda s: None)
+    expected_failures = dict(expected_failures or {})
+    report = Report(loader=loader, devices=list(devices), seed=seed if property_cases else None,
+                    property_cases=property_cases, expected_failures=expected_failures)
+    with tempfile.TemporaryDirectory(prefix="safeload-conform-") as workdir:
+        all_cases = list(cases)
+        if property_cases:
+            from safeload.conformance import properties
+
+            log(f"property cases: {property_cases} from seed {seed} (reproduce with --seed {seed})")
+            generated = properties.generate(seed, property_cases, Path(workdir) / "property")
+            try:
+                all_cases += properties.with_reference_verdicts(
+                    generated, reference, timeout=timeout, jobs=jobs, workdir=workdir, run_cases=_run_cases, log=log
+                )
+            except (LoaderUnavailable, WorkerStartError) as e:
+                log(f"reference loader {reference} unavailable, corrupted property cases skipped: {e}")
+                all_cases += [c for c in generated if c.tensors is not None]
+        for device in devices:
+            def on_result(case: Case, obs: dict[str, Any] | None, failure: str, seconds: float,
+                          device: str = device) -> None:
+                passed, detail = judge(case, device, obs, failure, strict_codes)
+                listed = case.name in expected_failures
+                if passed is None:
+                    outcome = IMPL_DEFINED
+                elif passed:
+                    outcome = XPASS if listed else PASSED
+                else:
+                    outcome = XFAIL if listed else FAILED
+                if outcome == XPASS:
+                    detail = f"passes but is listed as an expected failure ({expected_failures[case.name]}); remove it from the list"
+                elif outcome == XFAIL:
+                    detail = f"{detail} (expected: {expected_failures[case.name]})"
+                report.add(Result(case=case, device=device, outcome=outcome, detail=detail, seconds=seconds,
+                                  observation=obs))
+                if outcome in (FAILED, XPASS):
+                    log(f"FAIL {case.name} [{device}]: {detail}")
+
+            _run_cases(loader, device, all_cases, timeout=timeout, jobs=jobs, workdir=workdir, on_result=on_result)
+        seen = {c.name for c in all_cases}
+        report.stale_expected = sorted(n for n in expected_failures if n not in seen)
+    return report
