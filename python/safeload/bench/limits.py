@@ -1,0 +1,153 @@
+"""The physical limits a loader is measured against, taken in the same run as the loaders.
+
+storage  a parallel ``O_DIRECT`` read of the same files: every byte, page-aligned buffers,
+         large chunks handed to a pool of threads (``os.preadv`` releases the GIL). It bypasses
+         the page cache, so it is what the storage path can deliver whatever the cache holds.
+memory   a parallel memcpy of the same number of bytes between two buffers that are already
+         faulted in: the rate at which RAM can be read and written at once, which is what a
+         warm load (page cache to destination tensor) cannot beat.
+h2d      for a GPU target, a pinned host-to-device copy of the same number of bytes.
+
+Each probe returns the seconds its timed region took; the caller divides by the bytes.
+"""
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import queue
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+_PAGE = mmap.PAGESIZE
+DEFAULT_CHUNK = 16 << 20
+
+
+def default_io_threads() -> int:
+    # Blocking reads keep no core busy; a few per core keep the device queue full.
+    return max(4, 2 * (os.cpu_count() or 1))
+
+
+def default_copy_threads() -> int:
+    return os.cpu_count() or 1
+
+
+def odirect_unavailable(path: str | os.PathLike) -> str | None:
+    """Why an O_DIRECT read of ``path`` is impossible here, or None if it works."""
+    if not hasattr(os, "O_DIRECT"):
+        return "O_DIRECT is not available on this platform"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError as e:
+        return f"O_DIRECT open failed: {os.strerror(e.errno)} (the file system may not support it)"
+    try:
+        buf = mmap.mmap(-1, _PAGE)
+        try:
+            os.preadv(fd, [buf], 0)
+        except OSError as e:
+            return f"O_DIRECT read failed: {os.strerror(e.errno)}"
+        finally:
+            buf.close()
+    finally:
+        os.close(fd)
+    return None
+
+
+def odirect_read(paths: list[str], threads: int | None = None, chunk: int = DEFAULT_CHUNK) -> tuple[float, int]:
+    """Read every byte of ``paths`` with O_DIRECT in parallel; return (seconds, bytes read).
+
+    Lengths are rounded up to the page size: a read that runs past the end of a file returns
+    short, so the unaligned tail is read without a second, buffered code path.
+    """
+    threads = threads or default_io_threads()
+    chunk = max(_PAGE, chunk // _PAGE * _PAGE)
+    fds = [os.open(p, os.O_RDONLY | os.O_DIRECT) for p in paths]
+    buffers: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+    try:
+        jobs = []
+        for fd, p in zip(fds, paths):
+            size = os.path.getsize(p)
+            for off in range(0, size, chunk):
+                jobs.append((fd, off, min(chunk, size - off)))
+        for _ in range(threads):
+            buf = mmap.mmap(-1, chunk)  # anonymous maps are page aligned
+            buf.write(b"\1" * chunk)  # fault it in before the clock starts
+            buffers.put(buf)
+
+        def read(job) -> int:
+            fd, off, n = job
+            buf = buffers.get()
+            view = memoryview(buf)[: -(-n // _PAGE) * _PAGE]
+            try:
+                done = 0
+                while done < n:
+                    try:
+                        got = os.preadv(fd, [view[done:]], off + done)
+                    except InterruptedError:
+                        continue
+                    if got == 0:
+                        raise OSError(errno.EIO, f"unexpected end of file at byte {off + done}")
+                    done += got
+                return min(done, n)
+            finally:
+                view.release()
+                buffers.put(buf)
+
+        with ThreadPoolExecutor(threads) as pool:
+            t0 = time.perf_counter()
+            total = sum(pool.map(read, jobs))
+            seconds = time.perf_counter() - t0
+        return seconds, total
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def memcpy(nbytes: int, threads: int | None = None) -> float:
+    """Copy ``nbytes`` between two faulted-in buffers with ``threads`` threads; return seconds."""
+    import torch
+
+    threads = threads or default_copy_threads()
+    torch.set_num_threads(1)  # the parallelism is ours, one slice per thread
+    src = torch.empty(nbytes, dtype=torch.uint8)
+    dst = torch.empty(nbytes, dtype=torch.uint8)
+    step = -(-nbytes // threads)
+    slices = [(i, min(i + step, nbytes)) for i in range(0, nbytes, step)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda s: (src[s[0]:s[1]].fill_(1), dst[s[0]:s[1]].fill_(0)), slices))
+        t0 = time.perf_counter()
+        list(pool.map(lambda s: dst[s[0]:s[1]].copy_(src[s[0]:s[1]]), slices))
+        seconds = time.perf_counter() - t0
+    if int(dst[-1]) != 1:
+        raise AssertionError("memcpy probe did not copy")
+    return seconds
+
+
+def h2d_unavailable(device: str) -> str | None:
+    import torch
+
+    if not device.startswith("cuda"):
+        return f"not applicable to device {device}"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    return None
+
+
+def h2d(nbytes: int, device: str, block: int = 256 << 20) -> float:
+    """Copy ``nbytes`` from pinned host memory to ``device`` in blocks; return seconds."""
+    import torch
+
+    block = min(block, nbytes)
+    host = torch.empty(block, dtype=torch.uint8).pin_memory()
+    host.fill_(1)
+    dev = torch.empty(block, dtype=torch.uint8, device=device)
+    dev.copy_(host, non_blocking=True)
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    done = 0
+    while done < nbytes:
+        n = min(block, nbytes - done)
+        dev[:n].copy_(host[:n], non_blocking=True)
+        done += n
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - t0

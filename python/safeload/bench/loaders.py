@@ -1,0 +1,246 @@
+"""One adapter per loader: how to call it and, when it cannot run, why.
+
+Every adapter returns ``dict[str, torch.Tensor]`` with every tensor of every file on the target
+device. What counts as loaded is decided afterwards, identically for all, by ``touch``: every
+byte of every tensor is read once, so a lazy or memory-mapped loader pays for the pages it has
+not read yet inside the timed region, as an eager one already has.
+
+A peer that is not installed is reported as such, never dropped from the results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+from typing import Callable
+
+import torch
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Loader:
+    key: str
+    label: str
+    module: str  # the import that must succeed for the loader to exist
+    install_hint: str
+    _unavailable: Callable[[str], str | None]
+    _load: Callable[[list[str], str, int | None], Tensors]
+
+    def unavailable(self, device: str) -> str | None:
+        """None if this loader can run on ``device``; otherwise the reason it cannot.
+
+        A reason starting with ``not installed`` means the package is absent.
+        """
+        if importlib.util.find_spec(self.module.split(".")[0]) is None:
+            return f"not installed ({self.install_hint})"
+        try:
+            importlib.import_module(self.module)
+        except Exception as e:  # an installed but broken package is reported, not raised
+            return f"not available: import {self.module} failed: {type(e).__name__}: {e}"
+        return self._unavailable(device)
+
+    def load(self, paths: list[str], device: str, threads: int | None = None) -> Tensors:
+        return self._load(paths, device, threads)
+
+
+def _merge(paths: list[str], one: Callable[[str], Tensors]) -> Tensors:
+    out: Tensors = {}
+    for p in paths:
+        out.update(one(p))
+    return out
+
+
+def _device_type(device: str) -> str:
+    return torch.device(device).type
+
+
+# safeload --------------------------------------------------------------------------------
+
+
+def _safeload_unavailable(attr: str) -> Callable[[str], str | None]:
+    def check(device: str) -> str | None:
+        import safeload
+
+        obj = safeload
+        for part in attr.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return (f"not available: safeload.{attr} is missing "
+                        "(the extension module is not built: run 'make build')")
+        return None
+
+    return check
+
+
+def _safeload_fast(paths: list[str], device: str, threads: int | None) -> Tensors:
+    import safeload
+
+    return _merge(paths, lambda p: safeload.load_file(p, device=device, threads=threads))
+
+
+def _safeload_reference(paths: list[str], device: str, threads: int | None) -> Tensors:
+    import safeload.reference
+
+    return _merge(paths, lambda p: safeload.reference.load_file(p, device=device))
+
+
+# safetensors ----------------------------------------------------------------------------
+
+
+def _st_pread_unavailable(device: str) -> str | None:
+    from safetensors.torch import load_file
+
+    if "backend" not in inspect.signature(load_file).parameters:
+        import safetensors
+
+        return (f"not available: safetensors {safetensors.__version__} load_file has no "
+                "backend option (added in later versions)")
+    return None
+
+
+def _st_mmap(paths: list[str], device: str, threads: int | None) -> Tensors:
+    from safetensors.torch import load_file
+
+    return _merge(paths, lambda p: load_file(p, device=device))
+
+
+def _st_pread(paths: list[str], device: str, threads: int | None) -> Tensors:
+    from safetensors.torch import load_file
+
+    return _merge(paths, lambda p: load_file(p, device=device, backend="pread"))
+
+
+# fastsafetensors ------------------------------------------------------------------------
+
+
+def _fst_unavailable(device: str) -> str | None:
+    if _device_type(device) not in ("cpu", "cuda"):
+        return f"not available: fastsafetensors supports cpu and cuda, not {device}"
+    return None
+
+
+def _fst_load(paths: list[str], device: str, threads: int | None) -> Tensors:
+    from fastsafetensors import fastsafe_open
+
+    # nogds: GPUDirect Storage needs a cuFile setup most machines lack; its buffered path is
+    # the one a default install uses.
+    with fastsafe_open(paths, framework="pt", device=device, nogds=True) as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+# runai-model-streamer -------------------------------------------------------------------
+
+
+def _runai_unavailable(device: str) -> str | None:
+    if _device_type(device) not in ("cpu", "cuda"):
+        return f"not available: runai-model-streamer supports cpu and cuda, not {device}"
+    return None
+
+
+def _runai_load(paths: list[str], device: str, threads: int | None) -> Tensors:
+    from runai_model_streamer import SafetensorsStreamer
+
+    with SafetensorsStreamer() as s:
+        s.stream_files(paths, device=device)
+        return dict(s.get_tensors())
+
+
+# InstantTensor --------------------------------------------------------------------------
+
+
+def _it_unavailable(device: str) -> str | None:
+    if _device_type(device) != "cuda":
+        return f"not available: InstantTensor loads to CUDA devices only, not {device}"
+    return None
+
+
+def _it_load(paths: list[str], device: str, threads: int | None) -> Tensors:
+    from instanttensor import safe_open
+
+    with safe_open(paths, framework="pt", device=device) as f:
+        return dict(f.tensors())
+
+
+LOADERS: tuple[Loader, ...] = (
+    Loader("safeload-fast", "safeload fast", "safeload", "part of this project",
+           _safeload_unavailable("load_file"), _safeload_fast),
+    Loader("safeload-reference", "safeload reference", "safeload", "part of this project",
+           _safeload_unavailable("reference.load_file"), _safeload_reference),
+    Loader("safetensors", "safetensors load_file", "safetensors.torch", "pip install safetensors",
+           lambda device: None, _st_mmap),
+    Loader("safetensors-pread", "safetensors load_file pread", "safetensors.torch",
+           "pip install safetensors", _st_pread_unavailable, _st_pread),
+    Loader("fastsafetensors", "fastsafetensors", "fastsafetensors", "pip install fastsafetensors",
+           _fst_unavailable, _fst_load),
+    Loader("runai-model-streamer", "runai-model-streamer", "runai_model_streamer",
+           "pip install runai-model-streamer", _runai_unavailable, _runai_load),
+    Loader("instanttensor", "InstantTensor", "instanttensor", "pip install instanttensor",
+           _it_unavailable, _it_load),
+)
+
+BY_KEY = {loader.key: loader for loader in LOADERS}
+
+
+def touch(tensors: Tensors) -> int:
+    """Read every byte of every tensor once; return a checksum of them all.
+
+    The checksum (``file_checksum`` computes the same from the file) adds up, modulo 2**64, each
+    tensor's bytes as little-endian 64-bit words counted from the tensor's first byte, plus the
+    single bytes of a tail shorter than a word. Equal bytes give equal checksums whatever the
+    loader, so the runner also uses it to catch a loader that returned wrong bytes.
+    """
+    partial = []
+    for t in tensors.values():
+        if t.numel() == 0:
+            continue
+        raw = t.detach().reshape(-1)
+        if not raw.is_contiguous():
+            raw = raw.contiguous()
+        raw = raw.view(torch.uint8)
+        words = raw.numel() // 8 * 8
+        if words:
+            body = raw[:words]
+            if body.data_ptr() % 8:
+                body = body.clone()  # a misaligned tensor: copied so words start at its first byte
+            partial.append(body.view(torch.int64).sum())
+        if words < raw.numel():
+            partial.append(raw[words:].sum(dtype=torch.int64))
+    if not partial:
+        return 0
+    # One reduction on the tensors' device, so a GPU target synchronizes once.
+    return int(torch.stack(partial).sum()) % (1 << 64)
+
+
+def file_checksum(paths: list[str]) -> int:
+    """``touch``'s checksum computed from the files themselves, independently of every loader."""
+    return sum(_file_checksum(p) for p in paths) % (1 << 64)
+
+
+def _file_checksum(path: str) -> int:
+    # The mapping dies with this frame, so no page of the file stays mapped afterwards (a mapped
+    # page cannot be evicted for a cold run).
+    import json
+
+    import numpy as np
+
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    start = 8 + n
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = info["data_offsets"]
+        raw = data[start + b:start + e]
+        words = (e - b) // 8 * 8
+        if words:
+            body = raw[:words] if (start + b) % 8 == 0 else raw[:words].copy()
+            total += int(body.view(np.uint64).sum(dtype=np.uint64))
+        if words < e - b:
+            total += int(raw[words:].sum(dtype=np.uint64))
+    return total

@@ -1,0 +1,310 @@
+"""The schedule of runs and the statistics over them.
+
+For each device and condition, every runnable entry (loaders, then that condition's limits)
+runs once per round, in the same order, round after round: A B C A B C ... so that slow drift
+of the machine (other load, thermal state, a storage device's burst budget) spreads over all
+entries instead of landing on whichever ran last. Every run is a fresh worker process.
+
+Cold runs evict the files inside the worker, just before its clock starts. Warm runs find the
+files resident: the runner reads them through the page cache whenever ``mincore`` says they are
+not fully resident. Each run records the resident fraction it found.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+from safeload.bench import cache, limits
+from safeload.bench.loaders import BY_KEY, LOADERS, file_checksum
+
+CONDITIONS = ("cold", "warm")
+LIMIT_LABELS = {
+    "storage": "storage limit: parallel O_DIRECT read",
+    "memory": "memory limit: parallel memcpy",
+    "h2d": "H2D limit: pinned host-to-device copy",
+}
+
+
+@dataclasses.dataclass
+class Entry:
+    kind: str  # "loader" or a limit kind
+    key: str
+    label: str
+    unavailable: str | None = None
+    runs: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def is_limit(self) -> bool:
+        return self.kind != "loader"
+
+
+def limits_for(device: str, condition: str) -> list[str]:
+    """The limits a (device, condition) block is measured against."""
+    kinds = ["storage"] if condition == "cold" else ["memory"]
+    if device.startswith("cuda"):
+        kinds.append("h2d")
+    return kinds
+
+
+def available_devices() -> list[str]:
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    # Workers import this package the way this process did, wherever it was found.
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_worker(spec: dict, timeout: float | None = None) -> dict:
+    cmd = [sys.executable, "-m", "safeload.bench.worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"worker exited with status {proc.returncode}: {' | '.join(tail)}"}
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return {"error": f"worker printed no result: {lines[-1][:200]}"}
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def summarize(entry: Entry) -> dict:
+    ok = [r for r in entry.runs if "error" not in r and not r.get("wrong_bytes")]
+    out: dict = {"kind": entry.kind, "key": entry.key, "label": entry.label}
+    if entry.unavailable:
+        out["status"] = entry.unavailable
+        return out
+    errors = [r for r in entry.runs if "error" in r]
+    wrong = [r for r in entry.runs if r.get("wrong_bytes")]
+    if wrong:
+        out["status"] = f"WRONG BYTES in {len(wrong)} of {len(entry.runs)} runs"
+    elif errors:
+        out["status"] = f"failed: {errors[0]['error']}"
+    else:
+        out["status"] = "ok"
+    if not ok or wrong:
+        return out
+    secs = [r["seconds"] for r in ok]
+    nbytes = ok[0]["nbytes"]
+    out.update(
+        runs=len(ok),
+        nbytes=nbytes,
+        seconds_median=_median(secs),
+        seconds_min=min(secs),
+        seconds_max=max(secs),
+        gbps_median=nbytes / _median(secs) / 1e9,
+        gbps_min=nbytes / max(secs) / 1e9,
+        gbps_max=nbytes / min(secs) / 1e9,
+        rss_peak_bytes=int(_median([r["rss_peak_bytes"] for r in ok])),
+        rss_added_bytes=int(_median([r["rss_peak_bytes"] - r["rss_before_bytes"] for r in ok])),
+    )
+    if not entry.is_limit:
+        out["seconds_touch_median"] = _median([r["seconds_touch"] for r in ok])
+    resident = [r["resident_before"] for r in ok if r.get("resident_before") is not None]
+    if resident:
+        out["resident_before_min"] = min(resident)
+        out["resident_before_max"] = max(resident)
+    if any("device_peak_bytes" in r for r in ok):
+        out["device_peak_bytes"] = int(_median([r.get("device_peak_bytes", 0) for r in ok]))
+    return out
+
+
+def machine() -> dict:
+    import torch
+
+    info = {
+        "system": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_bytes": _memory_bytes(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def storage_of(path: str) -> dict:
+    """The file system and block device holding ``path`` (Linux), for describing the machine."""
+    info: dict = {}
+    try:
+        dev = os.stat(path).st_dev
+        best = ""
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                major, minor = (int(x) for x in parts[2].split(":"))
+                if os.makedev(major, minor) != dev:
+                    continue
+                sep = parts.index("-")
+                if len(parts[4]) >= len(best):
+                    best = parts[4]
+                    info = {"filesystem": parts[sep + 1], "source": parts[sep + 2]}
+        block = os.path.realpath(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+        for base in (block, os.path.dirname(block)):
+            rot = os.path.join(base, "queue", "rotational")
+            if os.path.exists(rot):
+                info["block_device"] = os.path.basename(base)
+                with open(rot) as f:
+                    info["rotational"] = f.read().strip() == "1"
+                break
+    except (OSError, ValueError):
+        pass
+    return info
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("safetensors", "fastsafetensors", "runai-model-streamer", "instanttensor", "torch"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def run(
+    paths: list[str],
+    *,
+    devices: list[str],
+    conditions: list[str],
+    rounds: int,
+    loader_keys: list[str] | None = None,
+    threads: int | None = None,
+    timeout: float | None = None,
+    on_run: Callable[[int, int, str], None] | None = None,
+) -> dict:
+    """Run the benchmark; return the JSON-ready results document."""
+    keys = loader_keys or [l.key for l in LOADERS]
+    total_bytes = sum(os.path.getsize(p) for p in paths)
+    expected = file_checksum(paths)
+    storage_reason = next((r for r in (limits.odirect_unavailable(p) for p in paths) if r), None)
+
+    blocks = []
+    for device in devices:
+        for condition in conditions:
+            entries = []
+            for key in keys:
+                loader = BY_KEY[key]
+                entries.append(Entry("loader", key, loader.label, loader.unavailable(device)))
+            for kind in limits_for(device, condition):
+                reason = storage_reason if kind == "storage" else None
+                if kind == "h2d":
+                    reason = limits.h2d_unavailable(device)
+                entries.append(Entry(kind, kind, LIMIT_LABELS[kind], reason))
+            blocks.append((device, condition, entries))
+
+    total_runs = rounds * sum(1 for _, _, es in blocks for e in es if not e.unavailable)
+    done = 0
+    started = time.time()
+    for device, condition, entries in blocks:
+        runnable = [e for e in entries if not e.unavailable]
+        for r in range(rounds):
+            for e in runnable:
+                if on_run:
+                    on_run(done, total_runs, f"{device} {condition} {r + 1}/{rounds} {e.label}")
+                if condition == "warm":
+                    for p in paths:
+                        if (cache.resident_fraction(p) or 0.0) < 1.0:
+                            cache.warm(p)
+                spec = {"kind": e.kind, "key": e.key, "paths": paths, "device": device,
+                        "condition": condition, "threads": threads, "nbytes": total_bytes}
+                result = run_worker(spec, timeout)
+                if e.kind == "loader" and "checksum" in result and int(result["checksum"], 16) != expected:
+                    result["wrong_bytes"] = True
+                e.runs.append(result)
+                done += 1
+    if on_run:
+        on_run(done, total_runs, "done")
+
+    results = []
+    for device, condition, entries in blocks:
+        rows = [summarize(e) for e in entries]
+        limit_rows = [x for x in rows if x["kind"] != "loader" and "gbps_median" in x]
+        limit = min((x["gbps_median"] for x in limit_rows), default=None)
+        fast = next((x for x in rows if x["key"] == "safeload-fast" and "gbps_median" in x), None)
+        for x in rows:
+            if "gbps_median" not in x:
+                continue
+            if limit:
+                x["ratio_to_limit"] = x["gbps_median"] / limit
+            if fast:
+                x["ratio_to_safeload_fast"] = x["gbps_median"] / fast["gbps_median"]
+        results.append({
+            "device": device,
+            "condition": condition,
+            "limit_gbps": limit,
+            "limit_kinds": [x["kind"] for x in limit_rows],
+            "rows": rows,
+            "runs": {e.key: e.runs for e in entries if e.runs},
+        })
+
+    return {
+        "schema": "safeload-bench/1",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": time.time() - started,
+        "machine": machine(),
+        "storage": storage_of(paths[0]),
+        "packages": package_versions(),
+        "files": [{"path": os.path.basename(p), "bytes": os.path.getsize(p)} for p in paths],
+        "total_bytes": total_bytes,
+        "checksum": f"{expected:016x}",
+        "rounds": rounds,
+        "threads": threads,
+        "method": {
+            "timed": "from the loader call until every tensor is on the device and every byte "
+                     "of every tensor has been read once (checksum), one fresh process per run",
+            "gbps": "file bytes / median seconds, decimal GB (1e9 bytes)",
+            "cold": "posix_fadvise(POSIX_FADV_DONTNEED) on every file before each run",
+            "warm": "files read through the page cache first; mincore checks residency",
+            "rss": "ru_maxrss of the run's process (peak), and its growth during the timed region",
+            "order": "interleaved: every entry once per round, same order each round",
+        },
+        "results": results,
+    }

@@ -1,0 +1,121 @@
+"""One measured run, in a fresh process: ``python -m safeload.bench.worker SPEC_JSON``.
+
+A fresh process per run makes the peak resident memory (``ru_maxrss``) belong to that run
+alone and gives every run the same allocator and page-table state. Imports, CUDA context
+creation and the cold-cache eviction happen before the clock starts; the result is one JSON
+object on the last line of stdout.
+
+SPEC fields: kind ("loader", "storage", "memory", "h2d"), key (loader key), paths, device,
+condition ("cold" or "warm"), threads (or null), nbytes (for the limit probes).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+
+
+def _maxrss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
+
+
+def _prepare_device(device: str) -> None:
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return
+    # Create the context and the caching allocator's first block outside the clock.
+    torch.ones(1, device=device).sum().item()
+    _sync(device)
+    if kind == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def run(spec: dict) -> dict:
+    from safeload.bench import cache, limits
+
+    kind, device, paths = spec["kind"], spec.get("device", "cpu"), spec.get("paths", [])
+    threads = spec.get("threads")
+    result: dict = {}
+
+    if kind == "loader":
+        import torch
+
+        from safeload.bench.loaders import BY_KEY, touch
+
+        loader = BY_KEY[spec["key"]]
+        reason = loader.unavailable(device)
+        if reason:
+            return {"error": reason}
+        _prepare_device(device)
+    elif kind == "h2d":
+        _prepare_device(device)
+
+    if spec.get("condition") == "cold":
+        for p in paths:
+            cache.evict(p)
+    resident = [cache.resident_fraction(p) for p in paths]
+    result["resident_before"] = None if None in resident or not resident else min(resident)
+    rss_before = _maxrss_bytes()
+
+    if kind == "loader":
+        t0 = time.perf_counter()
+        tensors = loader.load(paths, device, threads)
+        _sync(device)
+        t1 = time.perf_counter()
+        checksum = touch(tensors)
+        t2 = time.perf_counter()
+        result.update(
+            seconds=t2 - t0,
+            seconds_load=t1 - t0,
+            seconds_touch=t2 - t1,
+            nbytes=sum(t.numel() * t.element_size() for t in tensors.values()),
+            ntensors=len(tensors),
+            checksum=f"{checksum:016x}",
+        )
+        if torch.device(device).type == "cuda":
+            result["device_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    elif kind == "storage":
+        seconds, nbytes = limits.odirect_read(paths, threads, spec.get("chunk") or limits.DEFAULT_CHUNK)
+        result.update(seconds=seconds, nbytes=nbytes)
+    elif kind == "memory":
+        result.update(seconds=limits.memcpy(spec["nbytes"], threads), nbytes=spec["nbytes"])
+    elif kind == "h2d":
+        result.update(seconds=limits.h2d(spec["nbytes"], device), nbytes=spec["nbytes"])
+    else:
+        raise ValueError(f"unknown run kind {kind!r}")
+
+    result["rss_before_bytes"] = rss_before
+    result["rss_peak_bytes"] = _maxrss_bytes()
+    return result
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    try:
+        result = run(spec)
+    except Exception as e:
+        result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    sys.stdout.flush()
+    # The result line goes straight to fd 1, after anything a loader printed.
+    os.write(1, ("\n" + json.dumps(result) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
