@@ -71,6 +71,7 @@ class Worker:
         os.close(req_r)
         os.close(resp_w)
         self._buf = b""
+        self._eof = False
         msg = self._receive(STARTUP_TIMEOUT)
         if msg is None or not msg.get("ready"):
             detail = (msg or {}).get("error") or self._why_dead() or "no reply"
@@ -91,6 +92,7 @@ class Worker:
                 return None
             chunk = os.read(self._resp_r, 1 << 20)
             if not chunk:
+                self._eof = True  # the worker closed its end: it exited or died
                 return None
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
@@ -105,7 +107,7 @@ class Worker:
         reply = self._receive(timeout)
         if reply is not None:
             return reply, ""
-        if self.proc.poll() is None:
+        if not self._eof and self.proc.poll() is None:
             self.kill()
             return None, f"timed out after {timeout:g} s (hang)"
         return None, self._why_dead()
