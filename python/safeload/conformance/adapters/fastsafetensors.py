@@ -1,7 +1,7 @@
 """fastsafetensors, without GPUDirect Storage (works on CPU-only hosts).
 
-Its tensors are DLPack views into the loader's own buffers, which are freed
-when the file is closed, so each is cloned before the context manager exits.
+Since 0.5 its tensors keep their backing buffer alive after the file is
+closed, so they are returned as the peer hands them out.
 """
 from __future__ import annotations
 
@@ -13,6 +13,6 @@ _fst = require("fastsafetensors", "fastsafetensors")
 def load_file(path, device="cpu"):
     out = {}
     with _fst.fastsafe_open(filenames=[str(path)], nogds=True, device=str(device)) as f:
-        for name in f.get_keys():
-            out[name] = f.get_tensor(name).clone()
+        for name in f.keys():
+            out[name] = f.get_tensor(name)
     return out
