@@ -139,8 +139,9 @@ def main(argv: list[str]) -> int:
         if not os.path.exists(target):
             print(f"safeload bench: writing {target} (once; reused by later runs)", file=sys.stderr)
         bar = Progress(progress_on)
-        paths = [str(model.ensure_file(size, directory,
-                                       progress=lambda d, t: bar(d >> 20, t >> 20, "MiB written")))]
+        written = model.ensure_file(size, directory,
+                                    progress=lambda d, t: bar(d >> 20, t >> 20, "MiB written"))
+        paths = [os.path.abspath(written)]
         if progress_on:
             sys.stderr.write("\r" + " " * 118 + "\r")
 

@@ -3,6 +3,9 @@
 storage  a parallel ``O_DIRECT`` read of the same files: every byte, page-aligned buffers,
          large chunks handed to a pool of threads (``os.preadv`` releases the GIL). It bypasses
          the page cache, so it is what the storage path can deliver whatever the cache holds.
+         Which thread count and chunk size a device likes varies (virtual disks especially),
+         so each run reads the files once per configuration in ``STORAGE_CONFIGS`` and keeps
+         the fastest: a limit should err high, never low.
 memory   a parallel memcpy of the same number of bytes between two buffers that are already
          faulted in: the rate at which RAM can be read and written at once, which is what a
          warm load (page cache to destination tensor) cannot beat.
@@ -21,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 _PAGE = mmap.PAGESIZE
 DEFAULT_CHUNK = 16 << 20
+#: (threads, chunk bytes) tried by each storage-limit run; the fastest counts.
+STORAGE_CONFIGS = ((2, 256 << 20), (4, 128 << 20), (8, 64 << 20))
 
 
 def default_io_threads() -> int:
@@ -51,6 +56,20 @@ def odirect_unavailable(path: str | os.PathLike) -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+def storage_limit(paths: list[str], threads: int | None = None) -> tuple[float, int, dict]:
+    """Best of ``odirect_read`` over ``STORAGE_CONFIGS`` (or over the chunk sizes at ``threads``
+    threads); return (seconds, bytes, {"THREADSxCHUNK_MiB": seconds}) ."""
+    configs = STORAGE_CONFIGS if threads is None else tuple((threads, c) for _, c in STORAGE_CONFIGS)
+    tried = {}
+    best = None
+    for t, chunk in configs:
+        seconds, nbytes = odirect_read(paths, t, chunk)
+        tried[f"{t}x{chunk >> 20}MiB"] = seconds
+        if best is None or seconds < best[0]:
+            best = (seconds, nbytes)
+    return best[0], best[1], tried
 
 
 def odirect_read(paths: list[str], threads: int | None = None, chunk: int = DEFAULT_CHUNK) -> tuple[float, int]:

@@ -303,7 +303,8 @@ def run(
             "gbps": "file bytes / median seconds, decimal GB (1e9 bytes)",
             "cold": "posix_fadvise(POSIX_FADV_DONTNEED) on every file before each run",
             "warm": "files read through the page cache first; mincore checks residency",
-            "rss": "ru_maxrss of the run's process (peak), and its growth during the timed region",
+            "rss": "peak RSS of the run's process during the timed region (VmHWM reset just "
+                   "before it), and its growth over the RSS before the clock started",
             "order": "interleaved: every entry once per round, same order each round",
         },
         "results": results,

@@ -1,7 +1,9 @@
 """One measured run, in a fresh process: ``python -m safeload.bench.worker SPEC_JSON``.
 
-A fresh process per run makes the peak resident memory (``ru_maxrss``) belong to that run
-alone and gives every run the same allocator and page-table state. Imports, CUDA context
+A fresh process per run makes the peak resident memory belong to that run alone and gives
+every run the same allocator and page-table state. On Linux the peak is the kernel's VmHWM,
+reset to the current RSS (``/proc/self/clear_refs``) just before the clock starts, so it is the
+peak during the timed region; elsewhere it is ``ru_maxrss`` over the process's life. Imports, CUDA context
 creation and the cold-cache eviction happen before the clock starts; the result is one JSON
 object on the last line of stdout.
 
@@ -18,9 +20,41 @@ import time
 import traceback
 
 
-def _maxrss_bytes() -> int:
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux 4.0+: clear_refs 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    # VmHWM belongs to this program's address space. ru_maxrss does not: Linux carries the
+    # parent's high-water mark into a forked child across exec, so a parent that once mapped the
+    # whole file would make every worker look as large as the file.
+    hwm = _status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+
+
+def _current_rss_bytes() -> int:
+    rss = _status_bytes("VmRSS")
+    return rss if rss is not None else _peak_rss_bytes()
 
 
 def _sync(device: str) -> None:
@@ -71,7 +105,8 @@ def run(spec: dict) -> dict:
             cache.evict(p)
     resident = [cache.resident_fraction(p) for p in paths]
     result["resident_before"] = None if None in resident or not resident else min(resident)
-    rss_before = _maxrss_bytes()
+    rss_before = _current_rss_bytes()
+    result["peak_reset"] = _reset_peak_rss()
 
     if kind == "loader":
         t0 = time.perf_counter()
@@ -91,8 +126,8 @@ def run(spec: dict) -> dict:
         if torch.device(device).type == "cuda":
             result["device_peak_bytes"] = torch.cuda.max_memory_allocated(device)
     elif kind == "storage":
-        seconds, nbytes = limits.odirect_read(paths, threads, spec.get("chunk") or limits.DEFAULT_CHUNK)
-        result.update(seconds=seconds, nbytes=nbytes)
+        seconds, nbytes, tried = limits.storage_limit(paths, threads)
+        result.update(seconds=seconds, nbytes=nbytes, configs=tried)
     elif kind == "memory":
         result.update(seconds=limits.memcpy(spec["nbytes"], threads), nbytes=spec["nbytes"])
     elif kind == "h2d":
@@ -101,7 +136,7 @@ def run(spec: dict) -> dict:
         raise ValueError(f"unknown run kind {kind!r}")
 
     result["rss_before_bytes"] = rss_before
-    result["rss_peak_bytes"] = _maxrss_bytes()
+    result["rss_peak_bytes"] = _peak_rss_bytes()
     return result
 
 
