@@ -24,6 +24,7 @@ test-cpp: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
 test-python: build
+	$(PY) fixtures/generate.py --check
 	$(PY) -m pytest tests/python -q
 
 build: deps

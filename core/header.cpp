@@ -98,11 +98,10 @@ Json parse_json(std::string_view json, std::string_view path) {
   }
 }
 
-// A JSON number that is a non-negative integer ("-0" included, as serde's
-// usize accepts it), or nullopt.
+// A JSON number written as a non-negative integer, or nullopt. Like serde's
+// usize, "-0", "1.0" and "1e2" are not: nlohmann reads them as signed or float.
 std::optional<std::uint64_t> as_count(const Json& v) {
   if (v.is_number_unsigned()) return v.get<std::uint64_t>();
-  if (v.is_number_integer() && v.get<std::int64_t>() == 0) return 0;
   return std::nullopt;
 }
 
@@ -307,6 +306,11 @@ Header Header::parse(std::string_view json, std::uint64_t file_size, std::string
   SAFELOAD_CHECK(nul == std::string_view::npos, ErrorCode::kInvalidJson,
                  "invalid JSON in the header " + where(path) + ": NUL byte at header byte " +
                      std::to_string(nul) + " (file offset " + std::to_string(nul + 8) + ")");
+  // nlohmann::json skips a UTF-8 byte order mark; JSON text must not start
+  // with one (RFC 8259, section 8.1) and upstream rejects it.
+  SAFELOAD_CHECK(json.substr(0, 3) != "\xEF\xBB\xBF", ErrorCode::kInvalidJson,
+                 "invalid JSON in the header " + where(path) +
+                     ": it starts with a UTF-8 byte order mark");
   const Json root = parse_json(json, path);
   SAFELOAD_CHECK(root.is_object(), ErrorCode::kInvalidHeader,
                  "the header " + where(path) + " must be a JSON object, found " +
