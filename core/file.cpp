@@ -23,6 +23,14 @@ constexpr std::size_t kMaxReadPerCall = std::size_t{1} << 30;
   throw Error(ErrorCode::kIo, what + " '" + path + "': " + std::strerror(err), err);
 }
 
+[[noreturn]] void throw_eof(const std::string& path, std::uint64_t wanted, std::uint64_t offset,
+                           std::uint64_t done) {
+  throw Error(ErrorCode::kIo, "unexpected end of file in '" + path + "': wanted " +
+                                  std::to_string(wanted) + " bytes at offset " +
+                                  std::to_string(offset) + ", the file ends after " +
+                                  std::to_string(done) + " of them. Was the file truncated while loading?");
+}
+
 long system_pread(int fd, void* buf, std::size_t n, std::int64_t offset) {
   return ::pread(fd, buf, n, static_cast<off_t>(offset));
 }
@@ -57,12 +65,7 @@ void pread_full_using(PreadFn fn, int fd, void* dst, std::size_t n, std::uint64_
                    std::to_string(offset + done) + " of",
                path, errno);
     }
-    if (got == 0) {
-      throw Error(ErrorCode::kIo,
-                  "unexpected end of file in '" + path + "': wanted " + std::to_string(n) +
-                      " bytes at offset " + std::to_string(offset) + ", the file ends after " +
-                      std::to_string(done) + " of them. Was the file truncated while loading?");
-    }
+    if (got == 0) throw_eof(path, n, offset, done);
     done += static_cast<std::size_t>(got);
   }
 }
@@ -84,12 +87,7 @@ void preadv_full_using(PreadvFn fn, int fd, struct iovec* iov, int count, std::u
                    std::to_string(offset + done) + " of",
                path, errno);
     }
-    if (got == 0) {
-      throw Error(ErrorCode::kIo,
-                  "unexpected end of file in '" + path + "': wanted " + std::to_string(wanted) +
-                      " bytes at offset " + std::to_string(offset) + ", the file ends after " +
-                      std::to_string(done) + " of them. Was the file truncated while loading?");
-    }
+    if (got == 0) throw_eof(path, wanted, offset, done);
     done += static_cast<std::uint64_t>(got);
     // Advance past what was read: whole buffers first, then into a partial one.
     std::size_t left = static_cast<std::size_t>(got);

@@ -6,19 +6,9 @@
 namespace safeload::fast {
 namespace {
 
-using testing::entry;
-using testing::make_file;
 
 Header header_of(const std::vector<std::pair<std::string, std::uint64_t>>& sizes) {
-  std::string json = "{";
-  std::uint64_t at = 0;
-  for (const auto& [name, n] : sizes) {
-    if (json.size() > 1) json += ",";
-    json += entry(name, "U8", std::to_string(n), at, at + n);
-    at += n;
-  }
-  json += "}";
-  return Header::from_bytes(make_file(json, std::string(at, 'x')), "plan");
+  return Header::from_bytes(testing::u8_file(sizes), "plan");
 }
 
 // The invariants every plan must satisfy, checked against the header.

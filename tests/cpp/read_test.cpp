@@ -13,23 +13,12 @@
 namespace safeload::fast {
 namespace {
 
-using testing::entry;
-using testing::make_file;
-using testing::pattern_bytes;
 using testing::TempFile;
 
 // Tensors of assorted sizes at assorted (odd) offsets, zero-size ones included.
 std::string mixed_file() {
-  const std::vector<std::pair<std::string, std::uint64_t>> sizes = {
-      {"a", 3}, {"empty", 0}, {"b", 70001}, {"c", 1}, {"d", 4096}, {"e", 333333}, {"empty2", 0}, {"f", 17}};
-  std::string json = "{";
-  std::uint64_t at = 0;
-  for (const auto& [name, n] : sizes) {
-    if (json.size() > 1) json += ",";
-    json += entry(name, "U8", std::to_string(n), at, at + n);
-    at += n;
-  }
-  return make_file(json + "}", pattern_bytes(at, 42));
+  return testing::u8_file({{"a", 3}, {"empty", 0}, {"b", 70001}, {"c", 1}, {"d", 4096},
+                           {"e", 333333}, {"empty2", 0}, {"f", 17}});
 }
 
 struct Buffers {

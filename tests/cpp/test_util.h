@@ -10,6 +10,8 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "safeload/error.h"
 
@@ -39,6 +41,20 @@ inline std::string pattern_bytes(std::size_t n, std::uint32_t seed) {
     out[i] = static_cast<char>(x & 0xFF);
   }
   return out;
+}
+
+// A file of U8 tensors of the given sizes, back to back in list order, with
+// pattern_bytes contents.
+inline std::string u8_file(const std::vector<std::pair<std::string, std::uint64_t>>& sizes,
+                           std::uint32_t seed = 42) {
+  std::string json = "{";
+  std::uint64_t at = 0;
+  for (const auto& [name, n] : sizes) {
+    if (json.size() > 1) json += ",";
+    json += entry(name, "U8", std::to_string(n), at, at + n);
+    at += n;
+  }
+  return make_file(json + "}", pattern_bytes(at, seed));
 }
 
 class TempFile {

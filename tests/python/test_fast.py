@@ -1,6 +1,7 @@
 """The fast loader against the reference loader, byte for byte."""
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import tempfile
@@ -31,6 +32,16 @@ def load_variants(path, device="cpu"):
     return {name: safeload.load_file(path, device, **kw) for name, kw in FAST_VARIANTS.items()}
 
 
+@contextlib.contextmanager
+def case_file(case):
+    """The drawn file's bytes in a temporary file."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "f.safetensors")
+        with open(path, "wb") as f:
+            f.write(case.data)
+        yield path
+
+
 def outcome(fn, path):
     try:
         return ("ok", fn(path))
@@ -41,10 +52,7 @@ def outcome(fn, path):
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(case=sts.valid_files(dtypes=TORCH_FORMATS))
 def test_fast_equals_reference_on_generated_files(case):
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "f.safetensors")
-        with open(path, "wb") as f:
-            f.write(case.data)
+    with case_file(case) as path:
         kind, ref = outcome(safeload.reference.load_file, path)
         if kind == "error":
             # Only torch's packing of F4 may refuse a valid file.
@@ -61,10 +69,7 @@ def test_fast_equals_reference_on_generated_files(case):
 @settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(case=sts.corrupted_files(dtypes=TORCH_FORMATS))
 def test_fast_and_reference_give_the_same_verdict(case):
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "f.safetensors")
-        with open(path, "wb") as f:
-            f.write(case.data)
+    with case_file(case) as path:
         ref = outcome(safeload.reference.load_file, path)
         for kw in FAST_VARIANTS.values():
             got = outcome(lambda p: safeload.load_file(p, **kw), path)
