@@ -95,6 +95,11 @@ Json parse_json(std::string_view json, std::string_view path) {
                 "invalid JSON in the header " + where(path) + " at header byte " +
                     std::to_string(e.byte) + " (file offset " + std::to_string(e.byte + 8) +
                     "): " + e.what());
+  } catch (const Json::out_of_range& e) {
+    // A number too large for a double (1e400) is out_of_range, not parse_error;
+    // upstream (serde_json) rejects it as a deserialization error too.
+    throw Error(ErrorCode::kInvalidJson,
+                "invalid JSON in the header " + where(path) + ": " + e.what());
   }
 }
 

@@ -59,6 +59,11 @@ TEST(HeaderErrors, RejectsInvalidJson) {
   expect_rejects(ErrorCode::kInvalidJson, std::string("{}\0", 3));
   expect_rejects(ErrorCode::kInvalidJson, "{'a':1}");
   expect_rejects(ErrorCode::kInvalidJson, "{\"a\":[" + std::string(100000, '[') + "}");
+  // Numbers beyond a double: the JSON library reports these as out_of_range,
+  // which once escaped as a foreign exception (found by fuzz_header).
+  expect_rejects(ErrorCode::kInvalidJson, "1e400");
+  expect_rejects(ErrorCode::kInvalidJson, "{" + entry("a", "F32", "1e400", 0, 4) + "}", std::string(4, 'x'));
+  expect_rejects(ErrorCode::kInvalidJson, "{\"__metadata__\":{\"k\":-1e999}}");
 }
 
 TEST(HeaderErrors, RejectsInvalidHeader) {
