@@ -62,3 +62,65 @@ install-check: deps
 
 clean:
 	rm -rf $(BUILD)
+
+# ---------------------------------------------------------------------------
+# Fuzzing and the sanitizer build (fuzz/README.md).
+#   make fuzz-smoke     each fuzz target for FUZZ_SMOKE_SECONDS + corpus replay (CI)
+#   make fuzz           the long run: each target for FUZZ_SECONDS, niced
+#   make test-sanitize  the torch-free C++ tests and fuzz replays under ASan + UBSan
+FUZZ_BUILD ?= build-fuzz
+ASAN_BUILD ?= build-asan
+FUZZ_CXX ?= clang++-14
+FUZZ_TARGETS := fuzz_header fuzz_load
+FUZZ_SMOKE_SECONDS ?= 25
+FUZZ_SECONDS ?= 3600
+FUZZ_FLAGS := -dict=fuzz/safetensors.dict -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+FUZZ_SEEDS := fixtures/corpus fuzz/regressions
+SANITIZER_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+.PHONY: fuzz-build fuzz-smoke fuzz-replay test-sanitize
+
+fuzz-build: system-deps
+	@if [ ! -f $(FUZZ_BUILD)/CMakeCache.txt ]; then \
+	  cmake -S . -B $(FUZZ_BUILD) -DCMAKE_CXX_COMPILER=$(FUZZ_CXX) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    -DSAFELOAD_TORCH=OFF -DSAFELOAD_TESTS=OFF -DSAFELOAD_FUZZ=ON; fi
+	cmake --build $(FUZZ_BUILD) --parallel $(JOBS) --target $(FUZZ_TARGETS)
+
+# Every seed and regression input once, mutating nothing.
+fuzz-replay: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  $(FUZZ_BUILD)/fuzz/$$t -runs=0 $(FUZZ_SEEDS) > $(FUZZ_BUILD)/fuzz-replay-$$t.log 2>&1 \
+	    || { tail -60 $(FUZZ_BUILD)/fuzz-replay-$$t.log; exit 1; }; \
+	  echo "$$t: $$(grep -E '^Done [0-9]+ runs' $(FUZZ_BUILD)/fuzz-replay-$$t.log)"; done
+
+# New inputs go to $(FUZZ_BUILD)/corpus/<target>, findings to $(FUZZ_BUILD)/findings/.
+fuzz-smoke: fuzz-replay
+	@mkdir -p $(FUZZ_BUILD)/findings
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t; \
+	  echo "fuzzing $$t for $(FUZZ_SMOKE_SECONDS) s"; \
+	  $(FUZZ_BUILD)/fuzz/$$t $(FUZZ_FLAGS) -max_total_time=$(FUZZ_SMOKE_SECONDS) \
+	    -artifact_prefix=$(FUZZ_BUILD)/findings/$$t- $(FUZZ_BUILD)/corpus/$$t $(FUZZ_SEEDS) \
+	    > $(FUZZ_BUILD)/fuzz-smoke-$$t.log 2>&1 \
+	    || { tail -60 $(FUZZ_BUILD)/fuzz-smoke-$$t.log; exit 1; }; \
+	  grep -E '^#[0-9]+ +DONE|stat::number_of_executed_units' $(FUZZ_BUILD)/fuzz-smoke-$$t.log; \
+	done
+
+fuzz: fuzz-replay
+	@mkdir -p $(FUZZ_BUILD)/findings
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t; \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s (log: $(FUZZ_BUILD)/fuzz-$$t.log)"; \
+	  nice -n 19 $(FUZZ_BUILD)/fuzz/$$t $(FUZZ_FLAGS) -max_total_time=$(FUZZ_SECONDS) \
+	    -artifact_prefix=$(FUZZ_BUILD)/findings/$$t- $(FUZZ_BUILD)/corpus/$$t $(FUZZ_SEEDS) \
+	    > $(FUZZ_BUILD)/fuzz-$$t.log 2>&1 \
+	    || { tail -60 $(FUZZ_BUILD)/fuzz-$$t.log; exit 1; }; \
+	  grep -E '^#[0-9]+ +DONE|stat::' $(FUZZ_BUILD)/fuzz-$$t.log; \
+	done
+
+test-sanitize: system-deps
+	@if [ ! -f $(ASAN_BUILD)/CMakeCache.txt ]; then \
+	  cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAFELOAD_SANITIZE=ON \
+	    -DSAFELOAD_TORCH=OFF -DSAFELOAD_FUZZ=ON; fi
+	cmake --build $(ASAN_BUILD) --parallel $(JOBS)
+	$(SANITIZER_ENV) ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(JOBS)

@@ -9,12 +9,17 @@
   callers compare against a reference loader's verdict rather than assume one.
 
 Corruptions whose verdict is implementation-defined (duplicate names, unknown
-fields, non-space padding) are deliberately not generated.
+fields, non-space padding) are deliberately not generated: a random corruption
+(a byte flip, a JSON syntax break) that happens to produce one is redrawn, see
+:func:`implementation_defined`, which also tells callers why a given file's
+verdict may legitimately differ between conforming loaders.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
+import json
+import struct
 from collections.abc import Sequence
 
 from hypothesis import strategies as st
@@ -58,6 +63,10 @@ class Corruption(enum.Enum):
     HEADER_BYTE_FF = "header_byte_ff"  # a 0xFF byte (never UTF-8) inside the header
     HEADER_BYTE = "header_byte"      # one header byte replaced by printable ASCII
     METADATA_VALUE = "metadata_value"  # a non-string __metadata__ value
+    HUGE_DIM = "huge_dim"            # one dimension near or past 2^32, 2^63, 2^64
+    JSON_SYNTAX = "json_syntax"      # header JSON broken: a structural character dropped,
+                                     # added or replaced, the text cut short or followed by more
+    BYTE_FLIP = "byte_flip"          # 1 to 4 bits flipped anywhere in the file (prefix included)
 
 
 _NAME_ALPHABET = st.characters(codec="utf-8", exclude_categories=("Cs",))
@@ -95,7 +104,7 @@ def valid_files(draw, dtypes: Sequence[str] | None = None, max_tensors: int = 6)
         metadata_position=draw(st.integers(0, len(tensors))),
         json_order=draw(st.permutations(tensor_names)),
         data_order=draw(st.permutations(tensor_names)),
-        align=draw(st.sampled_from([1, 8])),
+        align=draw(st.sampled_from([1, 8, 64])),  # no padding, upstream's, and a wide one
         ensure_ascii=draw(st.booleans()),
     )
     return FileCase(tensors, layout, "valid", build(tensors, layout).data)
@@ -107,6 +116,13 @@ def corrupted_files(draw, dtypes: Sequence[str] | None = None, max_tensors: int 
     kind = draw(st.sampled_from(list(Corruption)))
     tensors, layout = base.tensors, dataclasses.replace(base.layout)
     data = _corrupt(draw, kind, tensors, layout, list(dtypes) if dtypes else dtype_names())
+    for _ in range(3):  # a random edit may land on an implementation-defined file: redraw
+        if implementation_defined(data) is None:
+            break
+        data = _corrupt(draw, kind, tensors, layout, list(dtypes) if dtypes else dtype_names())
+    else:
+        kind = Corruption.TRUNCATE
+        data = _corrupt(draw, kind, tensors, layout, list(dtypes) if dtypes else dtype_names())
     return FileCase(tensors, layout, kind.value, data)
 
 
@@ -117,6 +133,17 @@ def _corrupt(draw, kind: Corruption, tensors, layout: Layout, dtypes: list[str])
     def rebuild(**changes) -> bytes:
         return build(tensors, dataclasses.replace(layout, **changes)).data
 
+    if kind is Corruption.JSON_SYNTAX:
+        return _break_json(draw, built)
+    if kind is Corruption.BYTE_FLIP:
+        out = bytearray(built.data)
+        if not out:
+            return b"\x01"
+        for _ in range(draw(st.integers(1, 4))):
+            # Half the flips land in the prefix or header, where they matter most.
+            limit = built.data_start if draw(st.booleans()) else len(out)
+            out[draw(st.integers(0, limit - 1))] ^= 1 << draw(st.integers(0, 7))
+        return bytes(out)
     if kind is Corruption.TRUNCATE or (pick is None and kind not in (
             Corruption.TRAILING, Corruption.LENGTH_PREFIX, Corruption.HEADER_BYTE_FF,
             Corruption.HEADER_BYTE, Corruption.METADATA_VALUE)):
@@ -163,7 +190,108 @@ def _corrupt(draw, kind: Corruption, tensors, layout: Layout, dtypes: list[str])
     if kind is Corruption.DROP_FIELD:
         field = draw(st.sampled_from(["dtype", "shape", "data_offsets"]))
         return rebuild(entry_overrides={t.name: {field: DELETE}})
+    if kind is Corruption.HUGE_DIM:
+        shape = list(t.shape) or [1]
+        huge = draw(st.sampled_from(_HUGE_DIMS))
+        shape[draw(st.integers(0, len(shape) - 1))] = huge
+        return rebuild(entry_overrides={t.name: {"shape": shape}})
     raise AssertionError(kind)
+
+
+_HUGE_DIMS = [2**31, 2**32, 2**32 + 1, 2**62, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**30]
+
+# Edits that break JSON syntax, applied at a structural character of the header.
+_STRUCTURAL = b'{}[]:,"'
+
+
+def _break_json(draw, built) -> bytes:
+    """The file with its header JSON broken one way, the length prefix kept
+    consistent with the new header so the JSON is what fails."""
+    header = built.header
+    text_end = len(header.rstrip(b" "))
+    positions = [i for i in range(text_end) if header[i] in _STRUCTURAL]
+    how = draw(st.sampled_from(["drop", "double", "replace", "trailing_comma", "cut", "append"]))
+    if how == "cut" or not positions:
+        new = header[: draw(st.integers(0, max(0, text_end - 1)))]
+    elif how == "append":
+        new = header[:text_end] + draw(st.sampled_from([b"{}", b",", b"}", b"]", b"x", b"0", b'"', b"{"]))
+    else:
+        i = draw(st.sampled_from(positions))
+        if how == "drop":
+            new = header[:i] + header[i + 1:]
+        elif how == "double":
+            new = header[:i] + header[i:i + 1] + header[i:]
+        elif how == "replace":
+            other = draw(st.sampled_from([c for c in b'{}[]:,";= ' if c != header[i]]))
+            new = header[:i] + bytes([other]) + header[i + 1:]
+        else:  # a comma before a closing bracket, or before the end
+            closes = [j for j in positions if header[j] in b"}]"] or [text_end]
+            j = draw(st.sampled_from(closes))
+            new = header[:j] + b"," + header[j:]
+    return struct.pack("<Q", len(new)) + new + built.data[built.data_start:]
+
+
+class _Object(dict):
+    """A JSON object that remembers the keys it was given more than once."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        keys = [k for k, _ in pairs]
+        self.duplicates = sorted({k for k in keys if keys.count(k) > 1})
+
+
+def implementation_defined(data: bytes) -> str | None:
+    """Why conforming loaders may disagree on accepting ``data``, or None.
+
+    The cases are the ``i_*`` fixtures' (fixtures/README.md): a duplicate key
+    (tensor name, __metadata__ key, entry field), an unknown field or an array
+    in place of a tensor entry (upstream accepts, safeload rejects), a shape
+    whose left-to-right product overflows although it has a zero, and a zero-
+    size tensor with a dimension over 2^63-1 (torch sizes are signed 64-bit:
+    safeload rejects it, upstream accepts). Dtypes a framework lacks (F6_*, F4
+    with an odd last dimension in torch) are a loader's limit, not the file's,
+    and are not reported here. A header that is not UTF-8 or not JSON is never
+    implementation-defined.
+    """
+    if len(data) < 8:
+        return None
+    n = struct.unpack("<Q", data[:8])[0]
+    if n > len(data) - 8:
+        return None
+    try:
+        root = json.loads(data[8:8 + n].decode("utf-8"), object_pairs_hook=_Object)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(root, dict):
+        return None
+    # A field given twice inside a tensor entry is not listed: upstream and
+    # safeload both reject it (n_tensor_duplicate_field).
+    if root.duplicates:
+        return f"tensor name {root.duplicates[0]!r} given twice"
+    metadata = root.get("__metadata__")
+    if isinstance(metadata, _Object) and metadata.duplicates:
+        return f"__metadata__ key {metadata.duplicates[0]!r} given twice"
+    for name, entry in root.items():
+        if name == "__metadata__":
+            continue
+        if isinstance(entry, list):
+            return f"tensor entry {name!r} is an array"
+        if not isinstance(entry, dict):
+            continue
+        if set(entry) - {"dtype", "shape", "data_offsets"}:
+            return f"tensor entry {name!r} has an unknown field"
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            continue
+        if 0 in shape:
+            if any(d > 2**63 - 1 for d in shape):
+                return f"zero-size tensor {name!r} with a dimension over 2^63-1"
+            product = 1
+            for d in shape:
+                product *= d
+                if product >= 2**64:
+                    return f"shape of {name!r} overflows 64 bits before its zero"
+    return None
 
 
 def files(dtypes: Sequence[str] | None = None, max_tensors: int = 6, corrupt_ratio: float = 0.6):
@@ -173,5 +301,5 @@ def files(dtypes: Sequence[str] | None = None, max_tensors: int = 6, corrupt_rat
                      + [corrupted_files(dtypes, max_tensors)] * weight)
 
 
-__all__ = ["Corruption", "FileCase", "Raw", "corrupted_files", "files", "names", "shapes",
-           "tensor_specs", "valid_files"]
+__all__ = ["Corruption", "FileCase", "Raw", "corrupted_files", "files", "implementation_defined",
+           "names", "shapes", "tensor_specs", "valid_files"]
