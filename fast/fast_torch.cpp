@@ -10,6 +10,10 @@
 #include "safeload/fast.h"
 #include "safeload/torch.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #if defined(__APPLE__) && __has_include(<ATen/mps/MPSAllocatorInterface.h>)
 #include <ATen/mps/MPSAllocatorInterface.h>
 #include <torch/version.h>
@@ -39,6 +43,46 @@ void* host_writable_pointer(const at::Tensor& t, c10::Storage* keepalive) {
 #endif
   (void)keepalive;
   return nullptr;
+}
+
+#if defined(__linux__)
+// Large CPU destinations get memory of their own backed by transparent huge
+// pages where the kernel allows. Reads fault destination pages in as they
+// land; with 4 KiB pages that costs more than the copy itself on virtualised
+// hosts (measured: 1 GiB of fresh 4 KiB pages filled at ~1.1 GB/s against
+// ~4.8 GB/s into pre-faulted memory); 2 MiB pages cut the faults 512-fold.
+constexpr std::uint64_t kHugePage = 2ull << 20;
+constexpr std::uint64_t kHugePageMinBytes = 4ull << 20;
+
+at::Tensor empty_huge_page_tensor(const TensorInfo& t, std::string_view path) {
+  // Only the start is 2 MiB aligned; the length is rounded to 4 KiB, so a
+  // partial last huge page falls back to small pages instead of wasting memory.
+  const std::uint64_t length = (t.nbytes() + 4095) / 4096 * 4096;
+  // Over-map by one huge page so the start can be aligned, then unmap the
+  // slack on both sides.
+  void* raw = ::mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return empty_tensor(t, path, c10::Device("cpu"));
+  const auto base = reinterpret_cast<std::uintptr_t>(raw);
+  const std::uintptr_t aligned = (base + kHugePage - 1) / kHugePage * kHugePage;
+  if (aligned > base) ::munmap(raw, aligned - base);
+  const std::uintptr_t tail = aligned + length;
+  if (base + length + kHugePage > tail) ::munmap(reinterpret_cast<void*>(tail), base + length + kHugePage - tail);
+  void* data = reinterpret_cast<void*>(aligned);
+  ::madvise(data, length, MADV_HUGEPAGE);  // advice only: 4 KiB pages still work
+  return at::from_blob(
+      data, torch_sizes(t, path), [length](void* p) { ::munmap(p, length); },
+      at::TensorOptions().dtype(torch_dtype(t, path)).device(c10::Device("cpu")));
+}
+#endif
+
+// The fast loader's destinations: torch's allocator, except for large CPU
+// tensors on Linux (see above).
+at::Tensor allocate_destination(const TensorInfo& t, std::string_view path, c10::Device device) {
+#if defined(__linux__)
+  if (device.is_cpu() && t.nbytes() >= kHugePageMinBytes) return empty_huge_page_tensor(t, path);
+#endif
+  return empty_tensor(t, path, device);
 }
 
 // Copies out of staging slots into device tensors with non-blocking copies on
@@ -118,7 +162,7 @@ TensorMap load_file(const std::string& path, c10::Device device, const LoadOptio
   // Everything is allocated before the first read.
   std::vector<at::Tensor> tensors;
   tensors.reserve(header.tensors().size());
-  for (const TensorInfo& t : header.tensors()) tensors.push_back(empty_tensor(t, path, device));
+  for (const TensorInfo& t : header.tensors()) tensors.push_back(allocate_destination(t, path, device));
 
   std::vector<void*> host(tensors.size(), nullptr);
   std::vector<c10::Storage> keepalive(tensors.size());
