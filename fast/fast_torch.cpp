@@ -6,6 +6,8 @@
 #include <c10/core/Event.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
+#include <optional>
+
 #include "safeload/error.h"
 #include "safeload/fast.h"
 #include "safeload/torch.h"
@@ -90,8 +92,8 @@ at::Tensor allocate_destination(const TensorInfo& t, std::string_view path, c10:
 class TorchStagedTarget final : public fast::StagedTarget {
  public:
   TorchStagedTarget(const std::vector<at::Tensor>& tensors, const at::Tensor& staging,
-                    std::uint64_t slot_bytes, std::size_t slot_count, c10::Device device)
-      : staging_(staging), slot_bytes_(slot_bytes), device_(device) {
+                    std::size_t slot_count, c10::Device device)
+      : staging_(staging), device_(device) {
     for (const at::Tensor& t : tensors) {
       // A flat byte view of each destination, whatever its dtype.
       bytes_.push_back(t.nbytes() == 0 ? at::Tensor()
@@ -107,7 +109,7 @@ class TorchStagedTarget final : public fast::StagedTarget {
   void copy_from_slot(std::size_t slot, const fast::Plan& plan, const fast::ReadOp& op,
                       const void* src) override {
     c10::DeviceGuard guard(device_);
-    std::int64_t src_offset = static_cast<std::int64_t>(slot * slot_bytes_);
+    std::int64_t src_offset = static_cast<const std::uint8_t*>(src) - staging_.const_data_ptr<std::uint8_t>();
     for (std::size_t s = 0; s < op.segment_count; ++s) {
       const fast::Segment& seg = plan.segments[op.first_segment + s];
       const auto length = static_cast<std::int64_t>(seg.length);
@@ -128,7 +130,6 @@ class TorchStagedTarget final : public fast::StagedTarget {
 
  private:
   at::Tensor staging_;
-  std::uint64_t slot_bytes_;
   c10::Device device_;
   std::vector<at::Tensor> bytes_;
   std::vector<c10::Event> events_;
@@ -149,6 +150,26 @@ at::Tensor allocate_staging(std::uint64_t bytes, c10::Device device) {
   return at::empty({static_cast<std::int64_t>(bytes)}, options);
 }
 
+// Below this much data the choice between cached and uncached reads makes no
+// measurable difference; keep the page cache (it serves the next load).
+constexpr std::uint64_t kUncachedMinBytes = 64ull << 20;
+
+// Data that is not in the page cache is read uncached (O_DIRECT): the device
+// writes straight into aligned slots, skipping the page-cache insertion and
+// copy that make cold buffered reads CPU-bound. Cached data is read through
+// the page cache, which is then a plain memory copy.
+std::optional<File> open_uncached_if_cold(const File& file, const Header& header, LoadOptions::Io io) {
+  if (io == LoadOptions::Io::kCached) return std::nullopt;
+  if (io == LoadOptions::Io::kAuto &&
+      (header.data_length() < kUncachedMinBytes ||
+       file.resident_fraction(header.data_start(), header.data_length()) > 0.5)) {
+    return std::nullopt;
+  }
+  File uncached = File::open_uncached(file.path());
+  if (!uncached.is_open()) return std::nullopt;
+  return uncached;
+}
+
 }  // namespace
 
 TensorMap load_file(const std::string& path, c10::Device device, const LoadOptions& options) {
@@ -166,6 +187,7 @@ TensorMap load_file(const std::string& path, c10::Device device, const LoadOptio
 
   std::vector<void*> host(tensors.size(), nullptr);
   std::vector<c10::Storage> keepalive(tensors.size());
+  // Host-writable destinations are written directly (unless staging is forced).
   bool direct = options.path == LoadOptions::Path::kAuto;
   for (std::size_t i = 0; direct && i < tensors.size(); ++i) {
     if (tensors[i].nbytes() == 0) continue;
@@ -173,23 +195,34 @@ TensorMap load_file(const std::string& path, c10::Device device, const LoadOptio
     direct = host[i] != nullptr;
   }
 
-  if (direct) {
-    const std::uint64_t chunk = options.chunk_bytes ? options.chunk_bytes
-                                                    : fast::default_chunk_bytes(header.data_length(), threads);
+  std::uint64_t chunk = options.chunk_bytes ? options.chunk_bytes
+                                            : fast::default_chunk_bytes(header.data_length(), threads);
+  const std::optional<File> uncached = open_uncached_if_cold(file, header, options.io);
+  if (direct && !uncached) {
     fast::read_direct(file, header, fast::plan_reads(header, chunk), host, *executor);
   } else {
+    // Through staging slots: pinned for a device, plain (aligned) for host
+    // destinations read uncached. Two slots per thread let reads continue
+    // while earlier copies drain, within the staging bound.
     SAFELOAD_CHECK(options.staging_bytes >= 64 * 1024, ErrorCode::kInvalidArgument,
                    "staging_bytes must be at least 64 KiB, got " + std::to_string(options.staging_bytes));
-    // Two slots per thread let reads continue while earlier copies drain.
-    std::uint64_t chunk = options.chunk_bytes ? options.chunk_bytes
-                                              : fast::default_chunk_bytes(header.data_length(), threads);
     chunk = std::max<std::uint64_t>(4096, std::min(chunk, options.staging_bytes / (2 * threads)));
-    const std::size_t slot_count = static_cast<std::size_t>(std::max<std::uint64_t>(1, options.staging_bytes / chunk));
-    const at::Tensor staging = allocate_staging(chunk * slot_count, device);
+    const fast::Plan plan = fast::plan_reads(header, chunk);
+    const std::uint64_t slot_bytes = fast::slot_bytes_for(plan, uncached.has_value());
+    const std::size_t slot_count = static_cast<std::size_t>(
+        std::max<std::uint64_t>(1, std::min<std::uint64_t>(options.staging_bytes / slot_bytes, 2 * threads * 8)));
+    const at::Tensor staging = allocate_staging(slot_bytes * slot_count + kDirectIoAlign, direct ? c10::Device("cpu") : device);
+    const auto base = reinterpret_cast<std::uintptr_t>(staging.const_data_ptr<std::uint8_t>());
+    const std::uintptr_t aligned = (base + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
     std::vector<void*> slots;
-    for (std::size_t i = 0; i < slot_count; ++i) slots.push_back(staging.mutable_data_ptr<std::uint8_t>() + i * chunk);
-    TorchStagedTarget target(tensors, staging, chunk, slot_count, device);
-    fast::read_staged(file, header, fast::plan_reads(header, chunk), slots, target, *executor);
+    for (std::size_t i = 0; i < slot_count; ++i) slots.push_back(reinterpret_cast<void*>(aligned + i * slot_bytes));
+    std::unique_ptr<fast::StagedTarget> target;
+    if (direct) {
+      target = std::make_unique<fast::HostCopyTarget>(host);
+    } else {
+      target = std::make_unique<TorchStagedTarget>(tensors, staging, slot_count, device);
+    }
+    fast::read_staged(file, header, plan, slots, *target, *executor, uncached ? &*uncached : nullptr);
   }
 
   TensorMap out;

@@ -1,4 +1,8 @@
 #include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <condition_variable>
 #include <deque>
@@ -24,7 +28,46 @@ void read_direct(const File& file, const Header& header, const Plan& plan,
   });
 }
 
+void HostCopyTarget::copy_from_slot(std::size_t, const Plan& plan, const ReadOp& op, const void* src) {
+  const char* from = static_cast<const char*>(src);
+  for (std::size_t s = 0; s < op.segment_count; ++s) {
+    const Segment& seg = plan.segments[op.first_segment + s];
+    std::memcpy(static_cast<char*>(dst_[seg.tensor]) + seg.tensor_offset, from, seg.length);
+    from += seg.length;
+  }
+}
+
+std::uint64_t slot_bytes_for(const Plan& plan, bool uncached) {
+  if (!uncached) return plan.chunk_bytes;
+  // A read widened to aligned ends spans at most the chunk rounded up plus one
+  // block; keeping the size a multiple of the block keeps every slot aligned.
+  return (plan.chunk_bytes + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign + kDirectIoAlign;
+}
+
 namespace {
+
+// Fills `slot` with the op's bytes using the uncached file: the read is
+// widened to aligned boundaries, as O_DIRECT requires. Returns where the op's
+// first byte landed. A short read (end of file, or a file system that
+// declines an aligned read) is finished through the page cache.
+const char* read_uncached(const File& file, const File& uncached, const ReadOp& op, char* slot) {
+  const std::uint64_t lead = op.file_offset % kDirectIoAlign;
+  const std::uint64_t start = op.file_offset - lead;
+  const std::uint64_t needed = lead + op.length;
+  const std::uint64_t want = (needed + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
+  std::uint64_t done = 0;
+  while (done < needed) {
+    const ssize_t got = ::pread(uncached.fd(), slot + done, want - done, static_cast<off_t>(start + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0 || got % kDirectIoAlign != 0) {
+      if (got > 0) done += static_cast<std::uint64_t>(got);
+      if (done < needed) file.pread_full(slot + done, needed - done, start + done);
+      break;
+    }
+    done += static_cast<std::uint64_t>(got);
+  }
+  return slot + lead;
+}
 
 // The staging slots: free ones wait in a queue; a slot whose bytes may still
 // be being copied out is "dirty" and is waited for before anyone refills it.
@@ -83,8 +126,13 @@ class SlotRing {
 }  // namespace
 
 void read_staged(const File& file, const Header& header, const Plan& plan,
-                 const std::vector<void*>& slots, StagedTarget& target, Executor& executor) {
+                 const std::vector<void*>& slots, StagedTarget& target, Executor& executor,
+                 const File* uncached) {
   SAFELOAD_INTERNAL_ASSERT(!slots.empty(), "staging needs at least one slot");
+  for (void* slot : slots) {
+    SAFELOAD_INTERNAL_ASSERT(!uncached || reinterpret_cast<std::uintptr_t>(slot) % kDirectIoAlign == 0,
+                             "uncached reads need aligned slots");
+  }
   SlotRing ring(slots.size(), target);
   std::mutex copy_mutex;
   try {
@@ -93,9 +141,14 @@ void read_staged(const File& file, const Header& header, const Plan& plan,
       SAFELOAD_INTERNAL_ASSERT(op.length <= plan.chunk_bytes, "an op must fit one slot");
       const std::size_t slot = ring.acquire();
       try {
-        file.pread_full(slots[slot], op.length, op.file_offset);
+        const void* src = slots[slot];
+        if (uncached) {
+          src = read_uncached(file, *uncached, op, static_cast<char*>(slots[slot]));
+        } else {
+          file.pread_full(slots[slot], op.length, op.file_offset);
+        }
         std::lock_guard<std::mutex> lock(copy_mutex);
-        target.copy_from_slot(slot, plan, op, slots[slot]);
+        target.copy_from_slot(slot, plan, op, src);
       } catch (...) {
         // A failed read leaves nothing to copy; a failed copy may have started.
         ring.release(slot, /*dirty=*/true);

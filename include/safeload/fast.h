@@ -101,10 +101,30 @@ class StagedTarget {
   virtual void wait_slot(std::size_t slot) = 0;
 };
 
-// Reads through `slots` (each at least plan.chunk_bytes, host memory), reusing
-// a slot only after target.wait_slot. Whatever happens, returns or throws only
-// once every slot has been waited for, so staging memory may be freed after.
+// Copies synchronously into host destinations (dst[i] for tensor i): the
+// target for host memory read through slots, as with uncached reads.
+class HostCopyTarget final : public StagedTarget {
+ public:
+  explicit HostCopyTarget(const std::vector<void*>& dst) : dst_(dst) {}
+  void copy_from_slot(std::size_t slot, const Plan& plan, const ReadOp& op, const void* src) override;
+  void wait_slot(std::size_t) override {}
+
+ private:
+  const std::vector<void*>& dst_;
+};
+
+// Bytes a staging slot needs for `plan`: the chunk, or when reading uncached
+// room to widen each read to kDirectIoAlign boundaries (then a multiple of it).
+std::uint64_t slot_bytes_for(const Plan& plan, bool uncached);
+
+// Reads through `slots` (host memory, each slot_bytes_for(plan, uncached !=
+// nullptr) long), reusing a slot only after target.wait_slot. With
+// `uncached` (File::open_uncached of the same file) the reads bypass the page
+// cache; slots must then be kDirectIoAlign-aligned. Whatever happens, returns
+// or throws only once every slot has been waited for, so staging memory may
+// be freed after.
 void read_staged(const File& file, const Header& header, const Plan& plan,
-                 const std::vector<void*>& slots, StagedTarget& target, Executor& executor);
+                 const std::vector<void*>& slots, StagedTarget& target, Executor& executor,
+                 const File* uncached = nullptr);
 
 }  // namespace safeload::fast

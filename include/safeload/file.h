@@ -36,6 +36,11 @@ void preadv_full_using(PreadvFn fn, int fd, struct iovec* iov, int count, std::u
                        const std::string& path);
 }  // namespace detail
 
+// Reads from a File opened with File::open_uncached must use offsets,
+// lengths and buffer addresses that are multiples of this (O_DIRECT's rule;
+// 4 KiB covers 512-byte and 4 KiB logical blocks alike).
+inline constexpr std::uint64_t kDirectIoAlign = 4096;
+
 // An open, read-only file. Owns its descriptor (closed on destruction);
 // movable, not copyable. The size is taken once, at open.
 class File {
@@ -44,12 +49,19 @@ class File {
   // the system's reason if it cannot be opened or is not a regular file.
   static File open(const std::string& path);
 
+  // Opens `path` for reads that bypass the page cache (O_DIRECT), for data
+  // that is not cached anyway: the device then writes straight into the
+  // buffer, with no page-cache copy. Returns a File that is not is_open()
+  // where the platform or file system does not support it.
+  static File open_uncached(const std::string& path);
+
   File(File&& other) noexcept;
   File& operator=(File&& other) noexcept;
   File(const File&) = delete;
   File& operator=(const File&) = delete;
   ~File();
 
+  bool is_open() const noexcept { return fd_ >= 0; }
   int fd() const noexcept { return fd_; }
   const std::string& path() const noexcept { return path_; }
   std::uint64_t size() const noexcept { return size_; }
@@ -57,6 +69,10 @@ class File {
   void pread_full(void* dst, std::size_t n, std::uint64_t offset) const {
     safeload::pread_full(fd_, dst, n, offset, path_);
   }
+
+  // The fraction of bytes [offset, offset + length) currently in the page
+  // cache, from 0 to 1; 1 where it cannot be told.
+  double resident_fraction(std::uint64_t offset, std::uint64_t length) const;
 
  private:
   File(int fd, std::string path, std::uint64_t size);

@@ -52,6 +52,10 @@ struct LoadOptions {
   // destinations (CPU; MPS shared storage where torch exposes a host alias)
   // and stages everything else. kStaged forces staging, on CPU too (tests).
   enum class Path { kAuto, kStaged } path = Path::kAuto;
+  // Page cache use. kAuto reads uncached (O_DIRECT, into aligned slots) when
+  // the file is large and mostly not cached, else through the page cache.
+  // kCached and kUncached force one (tests, benchmarks).
+  enum class Io { kAuto, kCached, kUncached } io = Io::kAuto;
 };
 
 // The fast loader: validates the header, allocates every destination tensor

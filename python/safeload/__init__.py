@@ -33,6 +33,7 @@ def load_file(
     chunk_bytes: Optional[int] = None,
     staging_bytes: int = DEFAULT_STAGING_BYTES,
     staged: bool = False,
+    io: str = "auto",
 ) -> Dict[str, torch.Tensor]:
     """Load every tensor of a safetensors file onto ``device``, fast.
 
@@ -41,7 +42,10 @@ def load_file(
     host-writable (CPU), or through a bounded ring of pinned staging buffers
     overlapped with asynchronous copies (CUDA and other devices), at most
     ``staging_bytes`` of host memory. ``staged=True`` forces the staged path
-    even for CPU. The result is byte-identical to
+    even for CPU. ``io`` chooses how the file is read: ``"auto"`` bypasses
+    the page cache (O_DIRECT) for a large file that is mostly not cached and
+    uses it otherwise; ``"cached"`` and ``"uncached"`` force one. The result
+    is byte-identical to
     ``safeload.reference.load_file``.
 
     Raises ``safeload.SafetensorError`` (a ``ValueError``, with ``.code``) for
@@ -58,6 +62,7 @@ def load_file(
         chunk_bytes or 0,
         staging_bytes,
         staged,
+        io,
     )
 
 

@@ -108,17 +108,28 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("path"), py::arg("device") = "cpu");
 
   m.def("load_file", [](const std::string& path, const std::string& device, std::size_t threads,
-                        std::uint64_t chunk_bytes, std::uint64_t staging_bytes, bool staged) {
+                        std::uint64_t chunk_bytes, std::uint64_t staging_bytes, bool staged,
+                        const std::string& io) {
     LoadOptions options;
     options.threads = threads;
     options.chunk_bytes = chunk_bytes;
     options.staging_bytes = staging_bytes;
     options.path = staged ? LoadOptions::Path::kStaged : LoadOptions::Path::kAuto;
+    if (io == "auto") {
+      options.io = LoadOptions::Io::kAuto;
+    } else if (io == "cached") {
+      options.io = LoadOptions::Io::kCached;
+    } else if (io == "uncached") {
+      options.io = LoadOptions::Io::kUncached;
+    } else {
+      throw Error(ErrorCode::kInvalidArgument, "io must be 'auto', 'cached' or 'uncached', got '" + io + "'");
+    }
     TensorMap tensors = [&] {
       py::gil_scoped_release nogil;
       return safeload::load_file(path, parse_device(device), options);
     }();
     return to_dict(std::move(tensors));
   }, py::arg("path"), py::arg("device") = "cpu", py::arg("threads") = 0, py::arg("chunk_bytes") = 0,
-     py::arg("staging_bytes") = LoadOptions{}.staging_bytes, py::arg("staged") = false);
+     py::arg("staging_bytes") = LoadOptions{}.staging_bytes, py::arg("staged") = false,
+     py::arg("io") = "auto");
 }

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -104,6 +106,30 @@ TEST(PreadvFull, RealFile) {
   EXPECT_EQ(a + b, data.substr(77, 3000));
   iovec past[1] = {{a.data(), a.size()}};
   expect_code(ErrorCode::kIo, [&] { preadv_full(file.fd(), past, 1, 3500, file.path()); });
+}
+
+TEST(File, ResidentFractionSeesEvictionAndReads) {
+  const std::string data = pattern_bytes(1 << 20, 7);
+  TempFile tmp(data);
+  const File file = File::open(tmp.path());
+  ASSERT_EQ(::fsync(file.fd()), 0);
+  ASSERT_EQ(::posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
+  EXPECT_LT(file.resident_fraction(0, data.size()), 0.5);
+  std::string out(data.size(), '\0');
+  file.pread_full(out.data(), out.size(), 0);
+  EXPECT_EQ(file.resident_fraction(0, data.size()), 1.0);
+  EXPECT_EQ(file.resident_fraction(100, 0), 1.0);
+}
+
+TEST(File, OpenUncachedReadsAlignedBlocks) {
+  const std::string data = pattern_bytes(3 * kDirectIoAlign + 100, 8);
+  TempFile tmp(data);
+  const File uncached = File::open_uncached(tmp.path());
+  if (!uncached.is_open()) GTEST_SKIP() << "the file system of " << tmp.path() << " has no O_DIRECT";
+  EXPECT_EQ(uncached.size(), data.size());
+  alignas(4096) static char buf[4 * 4096];
+  EXPECT_EQ(::pread(uncached.fd(), buf, 2 * kDirectIoAlign, kDirectIoAlign), 2 * static_cast<ssize_t>(kDirectIoAlign));
+  EXPECT_EQ(std::string(buf, 2 * kDirectIoAlign), data.substr(kDirectIoAlign, 2 * kDirectIoAlign));
 }
 
 TEST(File, OpenMissingFileIsIoWithErrno) {

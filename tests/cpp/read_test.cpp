@@ -129,6 +129,32 @@ TEST(ReadStaged, MatchesReferenceThroughSyncAndDeferredCopies) {
   }
 }
 
+TEST(ReadStaged, UncachedReadsMatchReference) {
+  TempFile tmp(mixed_file());
+  const File file = File::open(tmp.path());
+  const File uncached = File::open_uncached(tmp.path());
+  if (!uncached.is_open()) GTEST_SKIP() << "the file system of " << tmp.path() << " has no O_DIRECT";
+  const Header h = Header::read(file);
+  const auto expected = reference_bytes(file, h);
+  for (std::uint64_t chunk : {1ull, 4095ull, 4096ull, 10007ull, 1ull << 20}) {
+    SCOPED_TRACE(chunk);
+    const Plan plan = plan_reads(h, chunk);
+    const std::uint64_t slot_bytes = slot_bytes_for(plan, /*uncached=*/true);
+    EXPECT_EQ(slot_bytes % kDirectIoAlign, 0u);
+    EXPECT_GE(slot_bytes, chunk + kDirectIoAlign);
+    const std::size_t slot_count = 3;
+    std::vector<char> ring(slot_bytes * slot_count + kDirectIoAlign);
+    const auto base = (reinterpret_cast<std::uintptr_t>(ring.data()) + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
+    std::vector<void*> slots;
+    for (std::size_t i = 0; i < slot_count; ++i) slots.push_back(reinterpret_cast<void*>(base + i * slot_bytes));
+    Buffers out(h);
+    HostCopyTarget target(out.ptrs);
+    auto executor = make_executor(3);
+    read_staged(file, h, plan, slots, target, *executor, &uncached);
+    EXPECT_EQ(out.storage, expected);
+  }
+}
+
 TEST(ReadErrors, FileTruncatedAfterValidationIsIoAndStagingIsDrained) {
   const std::string bytes = mixed_file();
   TempFile tmp(bytes);

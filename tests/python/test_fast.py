@@ -25,6 +25,11 @@ FAST_VARIANTS = {
     "staged": {"staged": True, "chunk_bytes": 7, "staging_bytes": 64 * 1024},
     "staged-default": {"staged": True},
     "one-thread": {"threads": 1},
+    # Page-cache bypass (O_DIRECT) through aligned bounce slots, with chunks
+    # that leave reads unaligned on both ends.
+    "uncached": {"io": "uncached", "chunk_bytes": 5000},
+    "uncached-staged": {"io": "uncached", "staged": True, "chunk_bytes": 12289, "threads": 2},
+    "cached": {"io": "cached"},
 }
 
 
@@ -131,6 +136,9 @@ def test_tensor_larger_than_2gib_is_split_and_exact(tmp_path):
     del fast
     staged = safeload.load_file(path, staged=True, staging_bytes=32 << 20)["big"]
     assert torch.equal(staged, ref)
+    del staged
+    uncached = safeload.load_file(path, io="uncached")["big"]
+    assert torch.equal(uncached, ref)
 
 
 def test_concurrent_calls_from_threads(tmp_path):
@@ -179,7 +187,7 @@ def test_errors_leak_no_file_descriptors(tmp_path):
 
 def test_invalid_options_are_rejected(tmp_path):
     path = write_raw(tmp_path / "a.safetensors", b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', b"x")
-    for kw in ({"threads": 0}, {"chunk_bytes": -1}, {"staged": True, "staging_bytes": 100}):
+    for kw in ({"threads": 0}, {"chunk_bytes": -1}, {"staged": True, "staging_bytes": 100}, {"io": "sometimes"}):
         with pytest.raises(safeload.SafetensorError) as e:
             safeload.load_file(path, **kw)
         assert e.value.code == "INVALID_ARGUMENT"
