@@ -79,17 +79,6 @@ def test_every_loader_is_listed_with_a_status():
         assert expected in keys
 
 
-def test_missing_peer_is_reported_as_not_installed(monkeypatch, tiny_file):
-    ghost = loaders.Loader("ghost", "ghost loader", "safeload_bench_no_such_module",
-                           "pip install ghost", lambda d: None, lambda p, d, t: {})
-    monkeypatch.setattr(runner, "BY_KEY", {**loaders.BY_KEY, "ghost": ghost})
-    doc = runner.run([tiny_file], devices=["cpu"], conditions=["cold"], rounds=1,
-                     loader_keys=["ghost"], timeout=120)
-    row = next(r for r in doc["results"][0]["rows"] if r["key"] == "ghost")
-    assert row["status"].startswith("not installed")
-    assert "ghost loader" in report.table(doc) and "not installed" in report.table(doc)
-
-
 def test_one_command_writes_table_json_and_chart(tiny_file, tmp_path, capsys):
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
     argv = [tiny_file, "--rounds", "1", "--condition", "warm", "--device", "cpu",
@@ -118,10 +107,15 @@ def test_one_command_writes_table_json_and_chart(tiny_file, tmp_path, capsys):
         assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cold_block_measures_the_storage_limit(tiny_file):
+def test_cold_block_measures_the_storage_limit_and_lists_missing_peers(monkeypatch, tiny_file):
+    ghost = loaders.Loader("ghost", "ghost loader", "safeload_bench_no_such_module",
+                           "pip install ghost", lambda d: None, lambda p, d, t: {})
+    monkeypatch.setattr(runner, "BY_KEY", {**loaders.BY_KEY, "ghost": ghost})
     doc = runner.run([tiny_file], devices=["cpu"], conditions=["cold"], rounds=1,
-                     loader_keys=["safetensors"], timeout=120)
+                     loader_keys=["safetensors", "ghost"], timeout=120)
     rows = {r["key"]: r for r in doc["results"][0]["rows"]}
+    assert rows["ghost"]["status"].startswith("not installed")
+    assert "ghost loader" in report.table(doc) and "not installed" in report.table(doc)
     assert rows["safetensors"]["status"] == "ok"
     assert rows["safetensors"]["resident_before_max"] < 0.5
     storage = rows["storage"]

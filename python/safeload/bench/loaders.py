@@ -34,7 +34,11 @@ class Loader:
 
         A reason starting with ``not installed`` means the package is absent.
         """
-        if importlib.util.find_spec(self.module.split(".")[0]) is None:
+        try:
+            missing = importlib.util.find_spec(self.module.split(".")[0]) is None
+        except (ImportError, ValueError):  # already imported without a spec: present
+            missing = False
+        if missing:
             return f"not installed ({self.install_hint})"
         try:
             importlib.import_module(self.module)

@@ -37,6 +37,10 @@ def table(doc: dict) -> str:
         f"machine: {describe_machine(doc)}",
         "time: loader call until every tensor is on the device and every byte was read once",
     ]
+    other = doc.get("other_load_cores")
+    if other is not None and other > 0.25:
+        out.append(f"WARNING: other processes kept {other:.1f} of {doc['machine'].get('cores')} cores "
+                   "busy on average during the run; these numbers include that competition")
     header = (f"{'':38} {'GB/s':>6} {'(min-max)':>13} {'median s':>9} {'vs limit':>9} "
               f"{'vs fast':>8} {'peak RSS':>10} {'RSS added':>10}")
     for block in doc["results"]:

@@ -150,6 +150,30 @@ def machine() -> dict:
     return info
 
 
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds all processes spent busy, CPU seconds this process and its workers spent)."""
+    import resource
+
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy is all but idle, iowait and steal.
+    busy = sum(fields[:8]) - fields[3] - fields[4] - (fields[7] if len(fields) > 7 else 0)
+    ours = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        ours += r.ru_utime + r.ru_stime
+    return busy / os.sysconf("SC_CLK_TCK"), ours
+
+
+def _other_load(before, after, wall: float) -> float | None:
+    if before is None or after is None or wall <= 0:
+        return None
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / wall)
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -240,6 +264,7 @@ def run(
                 entries.append(Entry(kind, kind, LIMIT_LABELS[kind], reason))
             blocks.append((device, condition, entries))
 
+    cpu_before = _cpu_seconds()
     total_runs = rounds * sum(1 for _, _, es in blocks for e in es if not e.unavailable)
     done = 0
     started = time.time()
@@ -289,6 +314,9 @@ def run(
         "schema": "safeload-bench/1",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": time.time() - started,
+        # Other work on the machine competes with the runs: the cores it kept busy on average
+        # while the benchmark ran, for the reader to judge (the report warns above 0.25).
+        "other_load_cores": _other_load(cpu_before, _cpu_seconds(), time.time() - started),
         "machine": machine(),
         "storage": storage_of(paths[0]),
         "packages": package_versions(),
