@@ -32,43 +32,73 @@ bool mul_overflows(std::uint64_t a, std::uint64_t b, std::uint64_t* out) {
   return __builtin_mul_overflow(a, b, out);
 }
 
-// Parser callback: bounds nesting depth and rejects duplicate keys, which
-// nlohmann::json would otherwise resolve silently (last one wins, as in
-// upstream's HashMap). Depth is checked as the parser descends, so a hostile
-// "[[[[..." is stopped before any deep structure is built.
-class DuplicateAndDepthGuard {
+// First pass over the header, as a SAX handler: checks syntax, bounds nesting
+// depth and rejects duplicate keys, which nlohmann::json would otherwise
+// resolve silently (last one wins, as in upstream's HashMap). Depth is checked
+// as the parser descends, so a hostile "[[[[..." is stopped before anything
+// deep is built. It is a separate pass rather than a parse callback because
+// nlohmann's callback parser rescans the enclosing object at every object end,
+// which is quadratic in the number of tensors (a million-tensor header took
+// hours); both passes here are linear.
+class DuplicateAndDepthGuard : public nlohmann::json_sax<Json> {
  public:
   explicit DuplicateAndDepthGuard(std::string_view path) : path_(path) {}
 
-  bool operator()(int depth, Json::parse_event_t event, Json& parsed) {
-    switch (event) {
-      case Json::parse_event_t::object_start:
-      case Json::parse_event_t::array_start:
-        // `depth` counts the containers already open around this one.
-        SAFELOAD_CHECK(depth < kMaxJsonDepth, ErrorCode::kInvalidJson,
-                       "JSON nesting deeper than " + std::to_string(kMaxJsonDepth) +
-                           " levels in the header " + where(path_) +
-                           "; a safetensors header nests 3 deep at most");
-        if (event == Json::parse_event_t::object_start) keys_.emplace_back();
-        break;
-      case Json::parse_event_t::object_end:
-        keys_.pop_back();
-        break;
-      case Json::parse_event_t::key: {
-        const std::string& key = parsed.get_ref<const std::string&>();
-        if (depth == 1) top_key_ = key;
-        if (!keys_.back().insert(key).second) throw duplicate(depth, key);
-        break;
-      }
-      default:
-        break;
-    }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+
+  bool start_object(std::size_t) override {
+    open_container();
+    keys_.emplace_back();
+    return true;
+  }
+  bool end_object() override {
+    keys_.pop_back();
+    --depth_;
+    return true;
+  }
+  bool start_array(std::size_t) override {
+    open_container();
+    return true;
+  }
+  bool end_array() override {
+    --depth_;
     return true;
   }
 
+  bool key(string_t& key) override {
+    if (depth_ == 1) top_key_ = key;
+    if (!keys_.back().insert(key).second) throw duplicate(key);
+    return true;
+  }
+
+  bool parse_error(std::size_t position, const std::string&,
+                   const nlohmann::detail::exception& e) override {
+    // Syntax errors, and numbers too large for a double (1e400), which
+    // nlohmann reports as out_of_range; upstream (serde_json) rejects both.
+    throw Error(ErrorCode::kInvalidJson,
+                "invalid JSON in the header " + where(path_) + " at header byte " +
+                    std::to_string(position) + " (file offset " + std::to_string(position + 8) +
+                    "): " + e.what());
+  }
+
  private:
-  Error duplicate(int depth, const std::string& key) const {
-    if (depth == 1) {
+  void open_container() {
+    // `depth_` counts the containers already open around this one.
+    SAFELOAD_CHECK(depth_ < kMaxJsonDepth, ErrorCode::kInvalidJson,
+                   "JSON nesting deeper than " + std::to_string(kMaxJsonDepth) +
+                       " levels in the header " + where(path_) +
+                       "; a safetensors header nests 3 deep at most");
+    ++depth_;
+  }
+
+  Error duplicate(const std::string& key) const {
+    if (depth_ == 1) {
       return Error(ErrorCode::kDuplicateName,
                    "tensor name " + in_quotes(key) + " appears twice in the header " + where(path_) +
                        "; safeload rejects duplicate names instead of keeping the last one");
@@ -82,25 +112,16 @@ class DuplicateAndDepthGuard {
   }
 
   std::string_view path_;
+  int depth_ = 0;
   std::vector<std::set<std::string>> keys_;
   std::string top_key_;
 };
 
 Json parse_json(std::string_view json, std::string_view path) {
   DuplicateAndDepthGuard guard(path);
-  try {
-    return Json::parse(json.begin(), json.end(), std::ref(guard));
-  } catch (const Json::parse_error& e) {
-    throw Error(ErrorCode::kInvalidJson,
-                "invalid JSON in the header " + where(path) + " at header byte " +
-                    std::to_string(e.byte) + " (file offset " + std::to_string(e.byte + 8) +
-                    "): " + e.what());
-  } catch (const Json::out_of_range& e) {
-    // A number too large for a double (1e400) is out_of_range, not parse_error;
-    // upstream (serde_json) rejects it as a deserialization error too.
-    throw Error(ErrorCode::kInvalidJson,
-                "invalid JSON in the header " + where(path) + ": " + e.what());
-  }
+  Json::sax_parse(json.begin(), json.end(), &guard);
+  // The guard accepted it: well formed, shallow, no duplicate keys.
+  return Json::parse(json.begin(), json.end());
 }
 
 // A JSON number written as a non-negative integer, or nullopt. Like serde's
