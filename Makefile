@@ -103,7 +103,7 @@ fuzz-smoke: fuzz-replay
 	    -artifact_prefix=$(FUZZ_BUILD)/findings/$$t- $(FUZZ_BUILD)/corpus/$$t $(FUZZ_SEEDS) \
 	    > $(FUZZ_BUILD)/fuzz-smoke-$$t.log 2>&1 \
 	    || { tail -60 $(FUZZ_BUILD)/fuzz-smoke-$$t.log; exit 1; }; \
-	  grep -E '^#[0-9]+ +DONE|stat::number_of_executed_units' $(FUZZ_BUILD)/fuzz-smoke-$$t.log; \
+	  grep -E '^#[0-9]+\s+DONE|stat::number_of_executed_units' $(FUZZ_BUILD)/fuzz-smoke-$$t.log; \
 	done
 
 fuzz: fuzz-replay
@@ -115,7 +115,7 @@ fuzz: fuzz-replay
 	    -artifact_prefix=$(FUZZ_BUILD)/findings/$$t- $(FUZZ_BUILD)/corpus/$$t $(FUZZ_SEEDS) \
 	    > $(FUZZ_BUILD)/fuzz-$$t.log 2>&1 \
 	    || { tail -60 $(FUZZ_BUILD)/fuzz-$$t.log; exit 1; }; \
-	  grep -E '^#[0-9]+ +DONE|stat::' $(FUZZ_BUILD)/fuzz-$$t.log; \
+	  grep -E '^#[0-9]+\s+DONE|stat::' $(FUZZ_BUILD)/fuzz-$$t.log; \
 	done
 
 test-sanitize: system-deps
