@@ -133,7 +133,11 @@ def plot(doc: dict, path: str | os.PathLike) -> None:
         ax.set_title(f"{block['device']}, {block['condition']} page cache", fontsize=10)
         ax.legend(fontsize=7, loc="upper right")
     size = _gib(doc["total_bytes"])
-    fig.suptitle(f"safeload bench: {size}, {doc['rounds']} rounds\n{describe_machine(doc)}", fontsize=8)
+    title = f"safeload bench: {size}, {doc['rounds']} rounds\n{describe_machine(doc)}"
+    other = doc.get("other_load_cores")
+    if other is not None and other > 0.25:
+        title += f"\nother processes kept {other:.1f} cores busy during the run"
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
