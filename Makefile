@@ -12,7 +12,7 @@ APT_PACKAGES := cmake g++ nlohmann-json3-dev libgtest-dev clang-14 libclang-rt-1
 PIP_PACKAGES := torch==$(TORCH_VERSION) numpy safetensors hypothesis pytest psutil matplotlib scikit-build-core
 export PYTHONPATH := $(CURDIR)/python
 
-.PHONY: demo test test-cpp test-python build deps system-deps venv install-check fuzz sanitize clean
+.PHONY: demo test test-cpp test-python build deps system-deps venv install-check bench clean
 
 demo: build
 	$(PY) -m safeload demo
@@ -51,6 +51,15 @@ $(VENV)/.deps-installed: Makefile
 	$(PY) -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q --disable-pip-version-check $(PIP_PACKAGES)
 	touch $@
+
+# The README's benchmark: every installed peer against the storage and memory
+# limits, cold and warm. The peers are installed beside the pinned torch.
+BENCH_PEERS := fastsafetensors runai-model-streamer instanttensor
+bench: build
+	$(PY) -m pip install -q --disable-pip-version-check $(BENCH_PEERS) torch==$(TORCH_VERSION) \
+	  || echo "some peer loaders could not be installed; they will be listed as not installed"
+	$(PY) -m safeload bench --size 4GiB --cache-dir bench/out \
+	  --json bench/results/cpu.json --plot bench/results/cpu.png
 
 # Builds and installs the package the way users do, into a throwaway
 # environment that shares the venv's torch, then imports it.
