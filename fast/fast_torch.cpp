@@ -6,6 +6,7 @@
 #include <c10/core/Event.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "safeload/error.h"
@@ -150,6 +151,9 @@ at::Tensor allocate_staging(std::uint64_t bytes, c10::Device device) {
   return at::empty({static_cast<std::int64_t>(bytes)}, options);
 }
 
+// More slots than this per thread only add events and pinned memory.
+constexpr std::uint64_t kMaxSlotsPerThread = 4;
+
 // Below this much data the choice between cached and uncached reads makes no
 // measurable difference; keep the page cache (it serves the next load).
 constexpr std::uint64_t kUncachedMinBytes = 64ull << 20;
@@ -202,15 +206,28 @@ TensorMap load_file(const std::string& path, c10::Device device, const LoadOptio
     fast::read_direct(file, header, fast::plan_reads(header, chunk), host, *executor);
   } else {
     // Through staging slots: pinned for a device, plain (aligned) for host
-    // destinations read uncached. Two slots per thread let reads continue
-    // while earlier copies drain, within the staging bound.
+    // destinations read uncached, within the staging bound either way.
     SAFELOAD_CHECK(options.staging_bytes >= 64 * 1024, ErrorCode::kInvalidArgument,
                    "staging_bytes must be at least 64 KiB, got " + std::to_string(options.staging_bytes));
-    chunk = std::max<std::uint64_t>(4096, std::min(chunk, options.staging_bytes / (2 * threads)));
+    std::size_t slot_count;
+    if (direct) {
+      // Host copies finish before a slot is released, so one slot per thread
+      // keeps every thread busy; slots stay within 5% of the data so peak
+      // memory stays close to the file size.
+      chunk = std::min(chunk, std::max(fast::kMinChunkBytes, header.data_length() / (20 * threads)));
+      slot_count = threads;
+    } else {
+      // Device copies drain while reads go on: at least two slots per thread.
+      chunk = std::min(chunk, options.staging_bytes / (2 * threads));
+      slot_count = 0;  // set from the slot size below
+    }
+    chunk = std::max<std::uint64_t>(4096, chunk);
     const fast::Plan plan = fast::plan_reads(header, chunk);
     const std::uint64_t slot_bytes = fast::slot_bytes_for(plan, uncached.has_value());
-    const std::size_t slot_count = static_cast<std::size_t>(
-        std::max<std::uint64_t>(1, std::min<std::uint64_t>(options.staging_bytes / slot_bytes, 2 * threads * 8)));
+    if (!direct) {
+      slot_count = static_cast<std::size_t>(std::clamp<std::uint64_t>(
+          options.staging_bytes / slot_bytes, 1, kMaxSlotsPerThread * threads));
+    }
     const at::Tensor staging = allocate_staging(slot_bytes * slot_count + kDirectIoAlign, direct ? c10::Device("cpu") : device);
     const auto base = reinterpret_cast<std::uintptr_t>(staging.const_data_ptr<std::uint8_t>());
     const std::uintptr_t aligned = (base + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
