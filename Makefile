@@ -18,7 +18,7 @@ demo: build
 	$(PY) -m safeload demo
 
 test: build
-	$(MAKE) --no-print-directory test-cpp test-python
+	$(MAKE) --no-print-directory test-cpp test-python test-sanitize fuzz-smoke
 
 test-cpp: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
