@@ -1,7 +1,6 @@
 #include "safeload/file.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -10,7 +9,6 @@
 #include <cerrno>
 #include <cstring>
 #include <utility>
-#include <vector>
 
 #include "safeload/error.h"
 
@@ -136,25 +134,6 @@ File File::open_uncached(const std::string& path) {
   }
 #endif
   return File(-1, path, 0);  // e.g. tmpfs refuses O_DIRECT with EINVAL
-}
-
-double File::resident_fraction(std::uint64_t offset, std::uint64_t length) const {
-  if (length == 0) return 1.0;
-  const long page = ::sysconf(_SC_PAGESIZE);
-  if (page <= 0) return 1.0;
-  const std::uint64_t start = offset / page * page;
-  const std::uint64_t span = offset + length - start;
-  void* map = ::mmap(nullptr, span, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
-  if (map == MAP_FAILED) return 1.0;
-  std::vector<unsigned char> pages((span + page - 1) / page);
-  double fraction = 1.0;
-  if (::mincore(map, span, pages.data()) == 0) {
-    std::size_t resident = 0;
-    for (unsigned char p : pages) resident += p & 1;
-    fraction = static_cast<double>(resident) / static_cast<double>(pages.size());
-  }
-  ::munmap(map, span);
-  return fraction;
 }
 
 File::File(File&& other) noexcept

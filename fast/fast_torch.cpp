@@ -154,21 +154,10 @@ at::Tensor allocate_staging(std::uint64_t bytes, c10::Device device) {
 // More slots than this per thread only add events and pinned memory.
 constexpr std::uint64_t kMaxSlotsPerThread = 4;
 
-// Below this much data the choice between cached and uncached reads makes no
-// measurable difference; keep the page cache (it serves the next load).
-constexpr std::uint64_t kUncachedMinBytes = 64ull << 20;
-
-// Data that is not in the page cache is read uncached (O_DIRECT): the device
-// writes straight into aligned slots, skipping the page-cache insertion and
-// copy that make cold buffered reads CPU-bound. Cached data is read through
-// the page cache, which is then a plain memory copy.
-std::optional<File> open_uncached_if_cold(const File& file, const Header& header, LoadOptions::Io io) {
-  if (io == LoadOptions::Io::kCached) return std::nullopt;
-  if (io == LoadOptions::Io::kAuto &&
-      (header.data_length() < kUncachedMinBytes ||
-       file.resident_fraction(header.data_start(), header.data_length()) > 0.5)) {
-    return std::nullopt;
-  }
+// The uncached view of the file when asked for and supported (tmpfs, for one,
+// refuses O_DIRECT: then the page cache is used after all).
+std::optional<File> open_uncached_if_asked(const File& file, LoadOptions::Io io) {
+  if (io != LoadOptions::Io::kUncached) return std::nullopt;
   File uncached = File::open_uncached(file.path());
   if (!uncached.is_open()) return std::nullopt;
   return uncached;
@@ -201,7 +190,7 @@ TensorMap load_file(const std::string& path, c10::Device device, const LoadOptio
 
   std::uint64_t chunk = options.chunk_bytes ? options.chunk_bytes
                                             : fast::default_chunk_bytes(header.data_length(), threads);
-  const std::optional<File> uncached = open_uncached_if_cold(file, header, options.io);
+  const std::optional<File> uncached = open_uncached_if_asked(file, options.io);
   if (direct && !uncached) {
     fast::read_direct(file, header, fast::plan_reads(header, chunk), host, *executor);
   } else {

@@ -47,7 +47,7 @@ struct Plan {
 };
 
 inline constexpr std::uint64_t kMinChunkBytes = 256 * 1024;
-inline constexpr std::uint64_t kMaxChunkBytes = 16 * 1024 * 1024;
+inline constexpr std::uint64_t kMaxChunkBytes = 64 * 1024 * 1024;
 // preadv takes at most IOV_MAX (1024 on Linux and macOS) buffers per call.
 inline constexpr std::size_t kMaxSegmentsPerOp = 512;
 

@@ -70,9 +70,6 @@ class File {
     safeload::pread_full(fd_, dst, n, offset, path_);
   }
 
-  // The fraction of bytes [offset, offset + length) currently in the page
-  // cache, from 0 to 1; 1 where it cannot be told.
-  double resident_fraction(std::uint64_t offset, std::uint64_t length) const;
 
  private:
   File(int fd, std::string path, std::uint64_t size);

@@ -33,7 +33,7 @@ def load_file(
     chunk_bytes: Optional[int] = None,
     staging_bytes: int = DEFAULT_STAGING_BYTES,
     staged: bool = False,
-    io: str = "auto",
+    io: str = "cached",
 ) -> Dict[str, torch.Tensor]:
     """Load every tensor of a safetensors file onto ``device``, fast.
 
@@ -42,9 +42,9 @@ def load_file(
     host-writable (CPU), or through a bounded ring of pinned staging buffers
     overlapped with asynchronous copies (CUDA and other devices), at most
     ``staging_bytes`` of host memory. ``staged=True`` forces the staged path
-    even for CPU. ``io`` chooses how the file is read: ``"auto"`` bypasses
-    the page cache (O_DIRECT) for a large file that is mostly not cached and
-    uses it otherwise; ``"cached"`` and ``"uncached"`` force one. The result
+    even for CPU. ``io="uncached"`` bypasses the page cache (O_DIRECT into
+    aligned bounce buffers, then a copy) for storage where page-cache
+    insertion is the bottleneck; the default reads through it. The result
     is byte-identical to
     ``safeload.reference.load_file``.
 

@@ -53,7 +53,7 @@ TEST(Executor, FirstExceptionIsRethrownAndRemainingItemsAreSkipped) {
 }
 
 TEST(Executor, DefaultThreads) {
-  EXPECT_GE(default_threads(), 4u);
+  EXPECT_GE(default_threads(), 2u);
   EXPECT_LE(default_threads(), 16u);
   EXPECT_EQ(make_executor(0)->concurrency(), default_threads());
 }

@@ -108,19 +108,6 @@ TEST(PreadvFull, RealFile) {
   expect_code(ErrorCode::kIo, [&] { preadv_full(file.fd(), past, 1, 3500, file.path()); });
 }
 
-TEST(File, ResidentFractionSeesEvictionAndReads) {
-  const std::string data = pattern_bytes(1 << 20, 7);
-  TempFile tmp(data);
-  const File file = File::open(tmp.path());
-  ASSERT_EQ(::fsync(file.fd()), 0);
-  ASSERT_EQ(::posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
-  EXPECT_LT(file.resident_fraction(0, data.size()), 0.5);
-  std::string out(data.size(), '\0');
-  file.pread_full(out.data(), out.size(), 0);
-  EXPECT_EQ(file.resident_fraction(0, data.size()), 1.0);
-  EXPECT_EQ(file.resident_fraction(100, 0), 1.0);
-}
-
 TEST(File, OpenUncachedReadsAlignedBlocks) {
   const std::string data = pattern_bytes(3 * kDirectIoAlign + 100, 8);
   TempFile tmp(data);
