@@ -121,16 +121,13 @@ def main(argv: list[str]) -> int:
             print(f"\n(benchmark not available: {e})")
         else:
             _step("safeload bench (short run on the demo file, warm page cache)")
-            rc = bench_cli.main(_demo_bench_args(bench_cli, path))
+            rc = bench_cli.main([path, "--rounds", "2", "--condition", "warm", "--no-progress",
+                                 "--loaders", "safeload-fast,safeload-reference,safetensors"])
             if rc != 0:
                 return rc
 
     print("\ndemo: all checks passed")
     return 0
-
-
-def _demo_bench_args(bench_cli, path: str) -> list[str]:
-    return [path, "--runs", "3"]
 
 
 if __name__ == "__main__":
