@@ -61,12 +61,17 @@ bench: build
 	$(PY) -m safeload bench --size 4GiB --cache-dir bench/out \
 	  --json bench/results/cpu.json --plot bench/results/cpu.png
 
-# Builds and installs the package the way users do, into a throwaway
-# environment that shares the venv's torch, then imports it.
-install-check: deps
-	rm -rf $(BUILD)/install-check && $(PY) -m venv --system-site-packages $(BUILD)/install-check
-	PYTHONPATH= $(BUILD)/install-check/bin/python -m pip install -q --no-build-isolation --no-deps .
-	cd /tmp && PYTHONPATH= $(abspath $(BUILD))/install-check/bin/python -c \
+# Builds and installs the package the way users do, into a fresh environment
+# that already has torch, then uses it from outside the source tree: the
+# installed command, the packaged conformance corpus, a load.
+INSTALL_ENV := $(abspath $(BUILD))/install-check
+install-check: system-deps
+	rm -rf $(INSTALL_ENV) && $(PYTHON) -m venv $(INSTALL_ENV)
+	$(INSTALL_ENV)/bin/python -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION)
+	$(INSTALL_ENV)/bin/python -m pip install -q --disable-pip-version-check numpy scikit-build-core hypothesis
+	PYTHONPATH= $(INSTALL_ENV)/bin/python -m pip install -q --no-build-isolation --no-deps .
+	cd /tmp && PYTHONPATH= $(INSTALL_ENV)/bin/safeload conform --loader safeload_fast --property-cases 0 | tail -3
+	cd /tmp && PYTHONPATH= $(INSTALL_ENV)/bin/python -c \
 	  "import safeload, torch; print('installed', safeload.__file__, 'torch', torch.__version__)"
 
 clean:
