@@ -69,10 +69,9 @@ void check_torch_compatible(const Header& header, std::string_view path) {
   }
 }
 
-at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device device,
-                        bool pinned) {
-  at::Tensor out = at::empty(torch_sizes(t, path),
-                             at::TensorOptions().dtype(torch_dtype(t, path)).device(device).pinned_memory(pinned));
+at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device device) {
+  at::Tensor out =
+      at::empty(torch_sizes(t, path), at::TensorOptions().dtype(torch_dtype(t, path)).device(device));
   SAFELOAD_INTERNAL_ASSERT(out.nbytes() == t.nbytes(), "torch size must match the header's");
   return out;
 }

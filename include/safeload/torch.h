@@ -33,8 +33,7 @@ void check_torch_compatible(const Header& header, std::string_view path);
 
 // An uninitialised contiguous tensor for `t` (torch's allocators align data to
 // at least 64 bytes, whatever the file's offsets).
-at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device device,
-                        bool pinned = false);
+at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device device);
 
 // Parses "cpu", "cuda", "cuda:1", "mps", ... Throws Error(kInvalidArgument).
 c10::Device parse_device(std::string_view device);
