@@ -110,7 +110,7 @@ void check_bytes(const Header& h, const Buffers& got, const std::uint8_t* file, 
 // device copy: a slot refilled before its wait would deliver wrong bytes.
 class DeferredTarget final : public fast::StagedTarget {
  public:
-  explicit DeferredTarget(Buffers& dst) : dst_(dst) {}
+  explicit DeferredTarget(Buffers& dst) : copy_(dst.ptrs) {}
 
   void copy_from_slot(std::size_t slot, const fast::Plan& plan, const fast::ReadOp& op,
                       const void* src) override {
@@ -123,14 +123,7 @@ class DeferredTarget final : public fast::StagedTarget {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = pending_.find(slot);
     if (it == pending_.end()) return;
-    const auto* p = static_cast<const unsigned char*>(it->second.src);
-    const fast::ReadOp& op = *it->second.op;
-    for (std::size_t s = 0; s < op.segment_count; ++s) {
-      const fast::Segment& seg = it->second.plan->segments[op.first_segment + s];
-      std::memcpy(static_cast<unsigned char*>(dst_.ptrs[seg.tensor]) + seg.tensor_offset, p,
-                  seg.length);
-      p += seg.length;
-    }
+    copy_.copy_from_slot(slot, *it->second.plan, *it->second.op, it->second.src);
     pending_.erase(it);
   }
 
@@ -142,7 +135,7 @@ class DeferredTarget final : public fast::StagedTarget {
     const fast::ReadOp* op;
     const void* src;
   };
-  Buffers& dst_;
+  fast::HostCopyTarget copy_;  // does the copying, when the slot is waited for
   std::mutex mutex_;
   std::map<std::size_t, Pending> pending_;
 };

@@ -36,30 +36,12 @@ std::vector<std::string> reference_bytes(const File& file, const Header& h) {
   return b.storage;
 }
 
-// Copies synchronously, like a CPU destination.
-class SyncTarget : public StagedTarget {
- public:
-  explicit SyncTarget(Buffers& dst) : dst_(dst) {}
-  void copy_from_slot(std::size_t, const Plan& plan, const ReadOp& op, const void* src) override {
-    const char* p = static_cast<const char*>(src);
-    for (std::size_t s = 0; s < op.segment_count; ++s) {
-      const Segment& seg = plan.segments[op.first_segment + s];
-      std::memcpy(dst_.storage[seg.tensor].data() + seg.tensor_offset, p, seg.length);
-      p += seg.length;
-    }
-  }
-  void wait_slot(std::size_t) override {}
-
- private:
-  Buffers& dst_;
-};
-
 // Behaves like an asynchronous device copy at its laziest: nothing is copied
 // until the slot is waited for. If the reader refilled a slot before waiting,
 // the deferred copy would pick up the wrong bytes and the comparison fails.
 class DeferredTarget : public StagedTarget {
  public:
-  explicit DeferredTarget(Buffers& dst) : sync_(dst) {}
+  explicit DeferredTarget(Buffers& dst) : copy_(dst.ptrs) {}
   void copy_from_slot(std::size_t slot, const Plan& plan, const ReadOp& op, const void* src) override {
     std::lock_guard<std::mutex> lock(mutex_);
     EXPECT_EQ(pending_.count(slot), 0u) << "slot reused before its copies were waited for";
@@ -69,7 +51,7 @@ class DeferredTarget : public StagedTarget {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = pending_.find(slot);
     if (it == pending_.end()) return;
-    sync_.copy_from_slot(slot, *it->second.plan, *it->second.op, it->second.src);
+    copy_.copy_from_slot(slot, *it->second.plan, *it->second.op, it->second.src);
     pending_.erase(it);
   }
   std::size_t pending() const { return pending_.size(); }
@@ -80,7 +62,7 @@ class DeferredTarget : public StagedTarget {
     const ReadOp* op;
     const void* src;
   };
-  SyncTarget sync_;
+  HostCopyTarget copy_;  // does the copying, when the slot is waited for
   std::mutex mutex_;
   std::map<std::size_t, Pending> pending_;
 };
@@ -116,7 +98,7 @@ TEST(ReadStaged, MatchesReferenceThroughSyncAndDeferredCopies) {
       auto executor = make_executor(4);
 
       Buffers sync_out(h);
-      SyncTarget sync(sync_out);
+      HostCopyTarget sync(sync_out.ptrs);
       read_staged(file, h, plan, slots, sync, *executor);
       EXPECT_EQ(sync_out.storage, expected);
 
