@@ -96,6 +96,8 @@ std::size_t default_threads() {
   return std::clamp<std::size_t>(hw, 2, 16);
 }
 
+std::size_t default_uncached_threads() { return std::min<std::size_t>(2 * default_threads(), 32); }
+
 std::unique_ptr<Executor> make_executor(std::size_t threads) {
   if (threads == 0) threads = default_threads();
 #if defined(SAFELOAD_HAVE_GCD)

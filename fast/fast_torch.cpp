@@ -57,15 +57,14 @@ void* host_writable_pointer(const at::Tensor& t, c10::Storage* keepalive) {
 constexpr std::uint64_t kHugePage = 2ull << 20;
 constexpr std::uint64_t kHugePageMinBytes = 4ull << 20;
 
-at::Tensor empty_huge_page_tensor(const TensorInfo& t, std::string_view path) {
-  // Only the start is 2 MiB aligned; the length is rounded to 4 KiB, so a
-  // partial last huge page falls back to small pages instead of wasting memory.
-  const std::uint64_t length = (t.nbytes() + 4095) / 4096 * 4096;
+// `length` bytes (a multiple of 4 KiB) of fresh memory starting on a huge
+// page boundary, with huge pages advised; nullptr if the mapping fails.
+void* map_huge_pages(std::uint64_t length) {
   // Over-map by one huge page so the start can be aligned, then unmap the
   // slack on both sides.
   void* raw = ::mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) return empty_tensor(t, path, c10::Device("cpu"));
+  if (raw == MAP_FAILED) return nullptr;
   const auto base = reinterpret_cast<std::uintptr_t>(raw);
   const std::uintptr_t aligned = (base + kHugePage - 1) / kHugePage * kHugePage;
   if (aligned > base) ::munmap(raw, aligned - base);
@@ -73,9 +72,25 @@ at::Tensor empty_huge_page_tensor(const TensorInfo& t, std::string_view path) {
   if (base + length + kHugePage > tail) ::munmap(reinterpret_cast<void*>(tail), base + length + kHugePage - tail);
   void* data = reinterpret_cast<void*>(aligned);
   ::madvise(data, length, MADV_HUGEPAGE);  // advice only: 4 KiB pages still work
+  return data;
+}
+
+// A CPU tensor of `sizes` and `dtype` over map_huge_pages memory, or an
+// undefined tensor if the mapping fails.
+at::Tensor huge_page_tensor(std::uint64_t nbytes, at::IntArrayRef sizes, at::ScalarType dtype) {
+  // Only the start is 2 MiB aligned; the length is rounded to 4 KiB, so a
+  // partial last huge page falls back to small pages instead of wasting memory.
+  const std::uint64_t length = (nbytes + 4095) / 4096 * 4096;
+  void* data = map_huge_pages(length);
+  if (data == nullptr) return at::Tensor();
   return at::from_blob(
-      data, torch_sizes(t, path), [length](void* p) { ::munmap(p, length); },
-      at::TensorOptions().dtype(torch_dtype(t, path)).device(c10::Device("cpu")));
+      data, sizes, [length](void* p) { ::munmap(p, length); },
+      at::TensorOptions().dtype(dtype).device(c10::Device("cpu")));
+}
+
+at::Tensor empty_huge_page_tensor(const TensorInfo& t, std::string_view path) {
+  at::Tensor out = huge_page_tensor(t.nbytes(), torch_sizes(t, path), torch_dtype(t, path));
+  return out.defined() ? out : empty_tensor(t, path, c10::Device("cpu"));
 }
 #endif
 
@@ -154,13 +169,31 @@ at::Tensor allocate_staging(std::uint64_t bytes, c10::Device device) {
 // More slots than this per thread only add events and pinned memory.
 constexpr std::uint64_t kMaxSlotsPerThread = 4;
 
-// The uncached view of the file when asked for and supported (tmpfs, for one,
-// refuses O_DIRECT: then the page cache is used after all).
-std::optional<File> open_uncached_if_asked(const File& file, LoadOptions::Io io) {
-  if (io != LoadOptions::Io::kUncached) return std::nullopt;
+// The uncached view of the file unless the page cache is asked for, and
+// where supported (tmpfs, for one, refuses O_DIRECT: then the page cache is
+// used after all).
+std::optional<File> open_uncached_unless_cached(const File& file, LoadOptions::Io io) {
+  if (io == LoadOptions::Io::kCached) return std::nullopt;
   File uncached = File::open_uncached(file.path());
   if (!uncached.is_open()) return std::nullopt;
   return uncached;
+}
+
+// `count` kDirectIoAlign-aligned slots of `slot_bytes` (a multiple of it) in
+// one allocation, returned with the tensor that owns them. Host memory: huge
+// pages where available, since some virtual disks take O_DIRECT reads into
+// 4 KiB pages several times slower than into 2 MiB ones (measured: 5x).
+std::vector<void*> bounce_slots(std::uint64_t slot_bytes, std::size_t count, at::Tensor* owner) {
+  const std::uint64_t bytes = slot_bytes * count + kDirectIoAlign;
+#if defined(__linux__)
+  *owner = huge_page_tensor(bytes, {static_cast<std::int64_t>(bytes)}, at::kByte);
+#endif
+  if (!owner->defined()) *owner = allocate_staging(bytes, c10::Device("cpu"));
+  const auto base = reinterpret_cast<std::uintptr_t>(owner->const_data_ptr<std::uint8_t>());
+  const std::uintptr_t aligned = (base + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
+  std::vector<void*> slots;
+  for (std::size_t i = 0; i < count; ++i) slots.push_back(reinterpret_cast<void*>(aligned + i * slot_bytes));
+  return slots;
 }
 
 }  // namespace
@@ -170,8 +203,6 @@ TensorMap load_file(const std::string& path, c10::Device device, const LoadOptio
   const File file = File::open(path);
   const Header header = Header::read(file);
   check_torch_compatible(header, path);
-  const std::unique_ptr<fast::Executor> executor = fast::make_executor(options.threads);
-  const std::size_t threads = executor->concurrency();
 
   // Everything is allocated before the first read.
   std::vector<at::Tensor> tensors;
@@ -188,47 +219,49 @@ TensorMap load_file(const std::string& path, c10::Device device, const LoadOptio
     direct = host[i] != nullptr;
   }
 
-  std::uint64_t chunk = options.chunk_bytes ? options.chunk_bytes
-                                            : fast::default_chunk_bytes(header.data_length(), threads);
-  const std::optional<File> uncached = open_uncached_if_asked(file, options.io);
-  if (direct && !uncached) {
-    fast::read_direct(file, header, fast::plan_reads(header, chunk), host, *executor);
+  if (direct) {
+    // Bytes the page cache holds are copied from it; the rest bypass it
+    // (kAuto), unless told otherwise.
+    const std::optional<File> uncached = open_uncached_unless_cached(file, options.io);
+    const CacheMap cache = !uncached                              ? CacheMap::uniform(true)
+                           : options.io == LoadOptions::Io::kAuto ? CacheMap::of(file)
+                                                                  : CacheMap::uniform(false);
+    const bool bypass = uncached && !cache.cached(header.data_start(), header.data_length());
+    const std::unique_ptr<fast::Executor> executor = fast::make_executor(
+        options.threads ? options.threads : bypass ? fast::default_uncached_threads() : fast::default_threads());
+    const std::size_t threads = executor->concurrency();
+    std::uint64_t chunk = options.chunk_bytes ? options.chunk_bytes
+                                              : fast::default_chunk_bytes(header.data_length(), threads);
+    if (bypass && !options.chunk_bytes) chunk = std::min(chunk, fast::kUncachedChunkBytes);
+    const fast::Plan plan = fast::plan_reads(header, chunk);
+    at::Tensor bounce;
+    const std::vector<void*> slots =
+        bypass ? bounce_slots(fast::slot_bytes_for(plan, true), threads, &bounce) : std::vector<void*>{};
+    fast::read_host(file, bypass ? &*uncached : nullptr, cache, header, plan, host, slots, *executor);
   } else {
-    // Through staging slots: pinned for a device, plain (aligned) for host
-    // destinations read uncached, within the staging bound either way.
+    // Through pinned staging slots, within the staging bound: device copies
+    // drain while reads go on, so at least two slots per thread. The page
+    // cache is used unless kUncached is asked for.
     SAFELOAD_CHECK(options.staging_bytes >= 64 * 1024, ErrorCode::kInvalidArgument,
                    "staging_bytes must be at least 64 KiB, got " + std::to_string(options.staging_bytes));
-    std::size_t slot_count;
-    if (direct) {
-      // Host copies finish before a slot is released, so one slot per thread
-      // keeps every thread busy; slots stay within 5% of the data so peak
-      // memory stays close to the file size.
-      chunk = std::min(chunk, std::max(fast::kMinChunkBytes, header.data_length() / (20 * threads)));
-      slot_count = threads;
-    } else {
-      // Device copies drain while reads go on: at least two slots per thread.
-      chunk = std::min(chunk, options.staging_bytes / (2 * threads));
-      slot_count = 0;  // set from the slot size below
-    }
-    chunk = std::max<std::uint64_t>(4096, chunk);
+    const std::unique_ptr<fast::Executor> executor = fast::make_executor(options.threads);
+    const std::size_t threads = executor->concurrency();
+    std::uint64_t chunk = options.chunk_bytes ? options.chunk_bytes
+                                              : fast::default_chunk_bytes(header.data_length(), threads);
+    chunk = std::max<std::uint64_t>(4096, std::min(chunk, options.staging_bytes / (2 * threads)));
+    const std::optional<File> uncached =
+        options.io == LoadOptions::Io::kUncached ? open_uncached_unless_cached(file, options.io) : std::nullopt;
     const fast::Plan plan = fast::plan_reads(header, chunk);
     const std::uint64_t slot_bytes = fast::slot_bytes_for(plan, uncached.has_value());
-    if (!direct) {
-      slot_count = static_cast<std::size_t>(std::clamp<std::uint64_t>(
-          options.staging_bytes / slot_bytes, 1, kMaxSlotsPerThread * threads));
-    }
-    const at::Tensor staging = allocate_staging(slot_bytes * slot_count + kDirectIoAlign, direct ? c10::Device("cpu") : device);
+    const auto slot_count = static_cast<std::size_t>(std::clamp<std::uint64_t>(
+        options.staging_bytes / slot_bytes, 1, kMaxSlotsPerThread * threads));
+    const at::Tensor staging = allocate_staging(slot_bytes * slot_count + kDirectIoAlign, device);
     const auto base = reinterpret_cast<std::uintptr_t>(staging.const_data_ptr<std::uint8_t>());
     const std::uintptr_t aligned = (base + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
     std::vector<void*> slots;
     for (std::size_t i = 0; i < slot_count; ++i) slots.push_back(reinterpret_cast<void*>(aligned + i * slot_bytes));
-    std::unique_ptr<fast::StagedTarget> target;
-    if (direct) {
-      target = std::make_unique<fast::HostCopyTarget>(host);
-    } else {
-      target = std::make_unique<TorchStagedTarget>(tensors, staging, slot_count, device);
-    }
-    fast::read_staged(file, header, plan, slots, *target, *executor, uncached ? &*uncached : nullptr);
+    TorchStagedTarget target(tensors, staging, slot_count, device);
+    fast::read_staged(file, header, plan, slots, target, *executor, uncached ? &*uncached : nullptr);
   }
 
   TensorMap out;

@@ -13,21 +13,6 @@
 
 namespace safeload::fast {
 
-void read_direct(const File& file, const Header& header, const Plan& plan,
-                 const std::vector<void*>& dst, Executor& executor) {
-  SAFELOAD_INTERNAL_ASSERT(dst.size() == header.tensors().size(), "one destination per tensor");
-  executor.parallel_for(plan.ops.size(), [&](std::size_t k) {
-    const ReadOp& op = plan.ops[k];
-    iovec iov[kMaxSegmentsPerOp];
-    for (std::size_t s = 0; s < op.segment_count; ++s) {
-      const Segment& seg = plan.segments[op.first_segment + s];
-      iov[s].iov_base = static_cast<char*>(dst[seg.tensor]) + seg.tensor_offset;
-      iov[s].iov_len = seg.length;
-    }
-    preadv_full(file.fd(), iov, static_cast<int>(op.segment_count), op.file_offset, file.path());
-  });
-}
-
 void HostCopyTarget::copy_from_slot(std::size_t, const Plan& plan, const ReadOp& op, const void* src) {
   const char* from = static_cast<const char*>(src);
   for (std::size_t s = 0; s < op.segment_count; ++s) {
@@ -124,6 +109,47 @@ class SlotRing {
 };
 
 }  // namespace
+
+void read_host(const File& file, const File* uncached, const CacheMap& cache, const Header& header,
+               const Plan& plan, const std::vector<void*>& dst, const std::vector<void*>& slots,
+               Executor& executor) {
+  SAFELOAD_INTERNAL_ASSERT(dst.size() == header.tensors().size(), "one destination per tensor");
+  SAFELOAD_INTERNAL_ASSERT(!uncached || !slots.empty(), "uncached reads need a bounce slot");
+  for (void* slot : slots) {
+    SAFELOAD_INTERNAL_ASSERT(reinterpret_cast<std::uintptr_t>(slot) % kDirectIoAlign == 0,
+                             "uncached reads need aligned slots");
+  }
+  HostCopyTarget copier(dst);
+  SlotRing ring(slots.size(), copier);
+  executor.parallel_for(plan.ops.size(), [&](std::size_t k) {
+    const ReadOp& op = plan.ops[k];
+    if (uncached && !cache.cached(op.file_offset, op.length)) {
+      SAFELOAD_INTERNAL_ASSERT(op.length <= plan.chunk_bytes, "an op must fit one slot");
+      const std::size_t slot = ring.acquire();
+      try {
+        const char* src = read_uncached(file, *uncached, op, static_cast<char*>(slots[slot]));
+        copier.copy_from_slot(slot, plan, op, src);
+      } catch (...) {
+        ring.release(slot, /*dirty=*/false);
+        throw;
+      }
+      ring.release(slot, /*dirty=*/false);
+      return;
+    }
+    iovec iov[kMaxSegmentsPerOp];
+    for (std::size_t s = 0; s < op.segment_count; ++s) {
+      const Segment& seg = plan.segments[op.first_segment + s];
+      iov[s].iov_base = static_cast<char*>(dst[seg.tensor]) + seg.tensor_offset;
+      iov[s].iov_len = seg.length;
+    }
+    preadv_full(file.fd(), iov, static_cast<int>(op.segment_count), op.file_offset, file.path());
+  });
+}
+
+void read_direct(const File& file, const Header& header, const Plan& plan,
+                 const std::vector<void*>& dst, Executor& executor) {
+  read_host(file, nullptr, CacheMap::uniform(true), header, plan, dst, {}, executor);
+}
 
 void read_staged(const File& file, const Header& header, const Plan& plan,
                  const std::vector<void*>& slots, StagedTarget& target, Executor& executor,

@@ -44,18 +44,22 @@ void check_device_usable(c10::Device device);
 
 // Options of the fast loader. Zero means "choose for me".
 struct LoadOptions {
-  std::size_t threads = 0;         // reader threads (default: one per core, at least 2, at most 16)
+  std::size_t threads = 0;         // reader threads (default: one per core, at least 2, at most 16;
+                                   // twice that when reads bypass the page cache)
   std::uint64_t chunk_bytes = 0;   // bytes per read (default: a few MiB, see fast.h)
   std::uint64_t staging_bytes = 256ull << 20;  // host staging bound for device targets
   // How bytes reach the destination. kAuto reads straight into host-writable
   // destinations (CPU; MPS shared storage where torch exposes a host alias)
   // and stages everything else. kStaged forces staging, on CPU too (tests).
   enum class Path { kAuto, kStaged } path = Path::kAuto;
-  // kCached reads through the page cache. kUncached bypasses it (O_DIRECT
-  // into aligned bounce slots, then a copy): no page-cache insertion, for
-  // storage where that is the bottleneck. On the machines measured so far the
-  // page cache won, so it is the default.
-  enum class Io { kCached, kUncached } io = Io::kCached;
+  // Whether reads go through the page cache. kAuto: for host-writable
+  // destinations, bytes the page cache holds are copied from it and the rest
+  // are read with O_DIRECT into bounce slots, then copied (no page-cache
+  // pages are allocated and filled only to be copied once); device targets
+  // read through the page cache. kCached: always through it. kUncached:
+  // always bypass it, device targets included. Where O_DIRECT is not
+  // supported (tmpfs, macOS), the page cache is used.
+  enum class Io { kAuto, kCached, kUncached } io = Io::kAuto;
 };
 
 // The fast loader: validates the header, allocates every destination tensor

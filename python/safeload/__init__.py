@@ -33,7 +33,7 @@ def load_file(
     chunk_bytes: Optional[int] = None,
     staging_bytes: int = DEFAULT_STAGING_BYTES,
     staged: bool = False,
-    io: str = "cached",
+    io: str = "auto",
 ) -> Dict[str, torch.Tensor]:
     """Load every tensor of a safetensors file onto ``device``, fast.
 
@@ -42,10 +42,13 @@ def load_file(
     host-writable (CPU), or through a bounded ring of pinned staging buffers
     overlapped with asynchronous copies (CUDA and other devices), at most
     ``staging_bytes`` of host memory. ``staged=True`` forces the staged path
-    even for CPU. ``io="uncached"`` bypasses the page cache (O_DIRECT into
-    aligned bounce buffers, then a copy) for storage where page-cache
-    insertion is the bottleneck; the default reads through it. The result
-    is byte-identical to
+    even for CPU. ``io`` says whether reads go through the page cache:
+    ``"auto"`` (default) copies what the page cache already holds from it and
+    reads the rest of a CPU load with ``O_DIRECT`` into small bounce buffers,
+    so no page-cache copy of a cold file is made only to be copied again;
+    ``"cached"`` always reads through the page cache, ``"uncached"`` never
+    does (where ``O_DIRECT`` is unsupported both fall back to the page
+    cache). The result is byte-identical to
     ``safeload.reference.load_file``.
 
     Raises ``safeload.SafetensorError`` (a ``ValueError``, with ``.code``) for

@@ -115,12 +115,14 @@ PYBIND11_MODULE(_C, m) {
     options.chunk_bytes = chunk_bytes;
     options.staging_bytes = staging_bytes;
     options.path = staged ? LoadOptions::Path::kStaged : LoadOptions::Path::kAuto;
-    if (io == "cached") {
+    if (io == "auto") {
+      options.io = LoadOptions::Io::kAuto;
+    } else if (io == "cached") {
       options.io = LoadOptions::Io::kCached;
     } else if (io == "uncached") {
       options.io = LoadOptions::Io::kUncached;
     } else {
-      throw Error(ErrorCode::kInvalidArgument, "io must be 'cached' or 'uncached', got '" + io + "'");
+      throw Error(ErrorCode::kInvalidArgument, "io must be 'auto', 'cached' or 'uncached', got '" + io + "'");
     }
     TensorMap tensors = [&] {
       py::gil_scoped_release nogil;
@@ -129,5 +131,5 @@ PYBIND11_MODULE(_C, m) {
     return to_dict(std::move(tensors));
   }, py::arg("path"), py::arg("device") = "cpu", py::arg("threads") = 0, py::arg("chunk_bytes") = 0,
      py::arg("staging_bytes") = LoadOptions{}.staging_bytes, py::arg("staged") = false,
-     py::arg("io") = "cached");
+     py::arg("io") = "auto");
 }

@@ -137,6 +137,60 @@ TEST(ReadStaged, UncachedReadsMatchReference) {
   }
 }
 
+// read_host mixes both ways per op: ops the cache map calls cached are read
+// through the page cache, the rest with O_DIRECT through bounce slots. Every
+// mix must give the reference's bytes.
+TEST(ReadHost, MixedCachedAndUncachedOpsMatchReference) {
+  TempFile tmp(mixed_file());
+  const File file = File::open(tmp.path());
+  const File uncached = File::open_uncached(tmp.path());
+  if (!uncached.is_open()) GTEST_SKIP() << "the file system of " << tmp.path() << " has no O_DIRECT";
+  const Header h = Header::read(file);
+  const auto expected = reference_bytes(file, h);
+  const std::uint64_t pages = (file.size() + 4095) / 4096;
+  std::vector<std::vector<bool>> mixes = {std::vector<bool>(pages, false), std::vector<bool>(pages, true)};
+  std::vector<bool> alternating(pages);
+  for (std::uint64_t p = 0; p < pages; ++p) alternating[p] = p % 2 == 0;
+  mixes.push_back(alternating);
+  for (std::uint64_t chunk : {1ull, 4095ull, 10007ull, 1ull << 20}) {
+    for (std::size_t slot_count : {std::size_t{1}, std::size_t{3}}) {
+      for (std::size_t m = 0; m < mixes.size(); ++m) {
+        SCOPED_TRACE(::testing::Message() << "chunk " << chunk << ", slots " << slot_count << ", mix " << m);
+        const Plan plan = plan_reads(h, chunk);
+        const std::uint64_t slot_bytes = slot_bytes_for(plan, /*uncached=*/true);
+        std::vector<char> ring(slot_bytes * slot_count + kDirectIoAlign);
+        const auto base = (reinterpret_cast<std::uintptr_t>(ring.data()) + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
+        std::vector<void*> slots;
+        for (std::size_t i = 0; i < slot_count; ++i) slots.push_back(reinterpret_cast<void*>(base + i * slot_bytes));
+        Buffers out(h);
+        auto executor = make_executor(4);
+        read_host(file, &uncached, CacheMap::from_pages(mixes[m], 4096), h, plan, out.ptrs, slots, *executor);
+        EXPECT_EQ(out.storage, expected);
+      }
+    }
+  }
+}
+
+TEST(ReadHost, TruncatedFileIsIoOnTheUncachedPathToo) {
+  const std::string bytes = mixed_file();
+  TempFile tmp(bytes);
+  const File file = File::open(tmp.path());
+  const File uncached = File::open_uncached(tmp.path());
+  if (!uncached.is_open()) GTEST_SKIP() << "the file system of " << tmp.path() << " has no O_DIRECT";
+  const Header h = Header::read(file);
+  ASSERT_EQ(::truncate(tmp.path().c_str(), static_cast<off_t>(bytes.size() / 2)), 0);
+  const Plan plan = plan_reads(h, 4096);
+  const std::uint64_t slot_bytes = slot_bytes_for(plan, /*uncached=*/true);
+  std::vector<char> ring(2 * slot_bytes + kDirectIoAlign);
+  const auto base = (reinterpret_cast<std::uintptr_t>(ring.data()) + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
+  const std::vector<void*> slots = {reinterpret_cast<void*>(base), reinterpret_cast<void*>(base + slot_bytes)};
+  Buffers out(h);
+  auto executor = make_executor(3);
+  testing::expect_code(ErrorCode::kIo, [&] {
+    read_host(file, &uncached, CacheMap::uniform(false), h, plan, out.ptrs, slots, *executor);
+  });
+}
+
 TEST(ReadErrors, FileTruncatedAfterValidationIsIoAndStagingIsDrained) {
   const std::string bytes = mixed_file();
   TempFile tmp(bytes);
