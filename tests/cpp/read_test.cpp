@@ -152,7 +152,9 @@ TEST(ReadHost, MixedCachedAndUncachedOpsMatchReference) {
   std::vector<bool> alternating(pages);
   for (std::uint64_t p = 0; p < pages; ++p) alternating[p] = p % 2 == 0;
   mixes.push_back(alternating);
-  for (std::uint64_t chunk : {1ull, 4095ull, 10007ull, 1ull << 20}) {
+  // Chunks from sub-block to larger than the file (chunk 1 would make ~10^5
+  // O_DIRECT reads per run: slow, and it adds nothing 511 does not cover).
+  for (std::uint64_t chunk : {511ull, 4095ull, 10007ull, 1ull << 20}) {
     for (std::size_t slot_count : {std::size_t{1}, std::size_t{3}}) {
       for (std::size_t m = 0; m < mixes.size(); ++m) {
         SCOPED_TRACE(::testing::Message() << "chunk " << chunk << ", slots " << slot_count << ", mix " << m);

@@ -82,7 +82,7 @@ def test_every_loader_is_listed_with_a_status():
 def test_one_command_writes_table_json_and_chart(tiny_file, tmp_path, capsys):
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
     argv = [tiny_file, "--rounds", "1", "--condition", "warm", "--device", "cpu",
-            "--json", str(out_json), "--no-progress", "--timeout", "120"]
+            "--json", str(out_json), "--no-progress", "--timeout", "120", "--settle", "0"]
     if report.plot_unavailable() is None:
         argv += ["--plot", str(out_png)]
     assert cli.main(argv) == 0
@@ -101,7 +101,8 @@ def test_one_command_writes_table_json_and_chart(tiny_file, tmp_path, capsys):
         else:
             assert rows[loader.key]["status"].startswith(("not installed", "not available"))
     assert rows["memory"]["status"] == "ok" and rows["memory"]["gbps_median"] > 0
-    assert block["limit_gbps"] == rows["memory"]["gbps_median"]
+    assert rows["fresh"]["status"] == "ok" and rows["fresh"]["nbytes"] == os.path.getsize(tiny_file)
+    assert block["limit_gbps"] == min(rows["memory"]["gbps_median"], rows["fresh"]["gbps_median"])
     assert doc["machine"]["cores"] >= 1 and doc["checksum"]
     if report.plot_unavailable() is None:
         assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -121,7 +122,7 @@ def test_cold_block_measures_the_storage_limit_and_lists_missing_peers(monkeypat
     storage = rows["storage"]
     if storage["status"] == "ok":
         assert storage["nbytes"] == os.path.getsize(tiny_file)
-        assert doc["results"][0]["limit_gbps"] == storage["gbps_median"]
+        assert doc["results"][0]["limit_gbps"] == min(storage["gbps_median"], rows["fresh"]["gbps_median"])
     else:
         assert storage["status"].startswith("O_DIRECT")
 

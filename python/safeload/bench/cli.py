@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="threads for safeload fast and the limit probes (default: their own)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before one run is abandoned")
+    p.add_argument("--settle", type=float, default=3.0,
+                   help="seconds each run waits before its clock starts, so memory freed by the "
+                        "previous run or by the eviction is as idle as the rest (default 3; some "
+                        "hypervisors reclaim idle guest memory after ~2 s, making new pages cost "
+                        "more, and a run right after another would otherwise get cheaper memory)")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="write a bar chart (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -153,6 +158,7 @@ def main(argv: list[str]) -> int:
         loader_keys=keys,
         threads=args.threads,
         timeout=args.timeout,
+        settle=args.settle,
         on_run=Progress(progress_on),
     )
     print(report.table(doc))

@@ -9,6 +9,12 @@ storage  a parallel ``O_DIRECT`` read of the same files: every byte, page-aligne
 memory   a parallel memcpy of the same number of bytes between two buffers that are already
          faulted in: the rate at which RAM can be read and written at once, which is what a
          warm load (page cache to destination tensor) cannot beat.
+fresh    the first write of the same number of bytes of new memory (an anonymous mapping with
+         huge pages advised, one slice per core): what the system charges for the pages any
+         loader returning tensors that own their memory must obtain. On bare metal this is
+         close to the memcpy rate; on a virtual machine whose host reclaims idle guest memory
+         (free page reporting) every new page can cost a trip to the host, and then it is the
+         lowest limit of all.
 h2d      for a GPU target, a pinned host-to-device copy of the same number of bytes.
 
 Each probe returns the seconds its timed region took; the caller divides by the bytes.
@@ -25,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 _PAGE = mmap.PAGESIZE
 DEFAULT_CHUNK = 16 << 20
 #: (threads, chunk bytes) tried by each storage-limit run; the fastest counts.
-STORAGE_CONFIGS = ((2, 256 << 20), (4, 128 << 20), (8, 64 << 20))
+STORAGE_CONFIGS = ((2, 256 << 20), (4, 128 << 20), (8, 64 << 20), (4, 8 << 20))
 
 
 def default_io_threads() -> int:
@@ -90,6 +96,10 @@ def odirect_read(paths: list[str], threads: int | None = None, chunk: int = DEFA
                 jobs.append((fd, off, min(chunk, size - off)))
         for _ in range(threads):
             buf = mmap.mmap(-1, chunk)  # anonymous maps are page aligned
+            # Huge pages where allowed: some virtual disks take O_DIRECT reads into 4 KiB
+            # pages several times slower (one descriptor per page), and a limit errs high.
+            if hasattr(mmap, "MADV_HUGEPAGE"):
+                buf.madvise(mmap.MADV_HUGEPAGE)
             buf.write(b"\1" * chunk)  # fault it in before the clock starts
             buffers.put(buf)
 
@@ -140,6 +150,33 @@ def memcpy(nbytes: int, threads: int | None = None) -> float:
     if int(dst[-1]) != 1:
         raise AssertionError("memcpy probe did not copy")
     return seconds
+
+
+def fresh_memory(nbytes: int, threads: int | None = None) -> float:
+    """Write every byte of ``nbytes`` of new memory once, ``threads`` slices at a time; return
+    seconds. The memory is mapped like a loader's large destinations (anonymous, huge pages
+    advised) and unmapped afterwards."""
+    import ctypes
+
+    threads = threads or default_copy_threads()
+    buf = mmap.mmap(-1, nbytes)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    view = ctypes.c_char.from_buffer(buf)
+    try:
+        addr = ctypes.addressof(view)
+        step = -(-nbytes // threads)
+        slices = [(i, min(step, nbytes - i)) for i in range(0, nbytes, step)]
+        with ThreadPoolExecutor(threads) as pool:  # ctypes calls run without the GIL
+            t0 = time.perf_counter()
+            list(pool.map(lambda s: ctypes.memset(addr + s[0], 1, s[1]), slices))
+            seconds = time.perf_counter() - t0
+        if buf[nbytes - 1] != 1:
+            raise AssertionError("fresh-memory probe did not write")
+        return seconds
+    finally:
+        del view
+        buf.close()
 
 
 def h2d_unavailable(device: str) -> str | None:

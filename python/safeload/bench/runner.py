@@ -28,6 +28,7 @@ CONDITIONS = ("cold", "warm")
 LIMIT_LABELS = {
     "storage": "storage limit: parallel O_DIRECT read",
     "memory": "memory limit: parallel memcpy",
+    "fresh": "new-memory limit: first write",
     "h2d": "H2D limit: pinned host-to-device copy",
 }
 
@@ -47,7 +48,9 @@ class Entry:
 
 def limits_for(device: str, condition: str) -> list[str]:
     """The limits a (device, condition) block is measured against."""
-    kinds = ["storage"] if condition == "cold" else ["memory"]
+    kinds = ["storage" if condition == "cold" else "memory"]
+    if device == "cpu":
+        kinds.append("fresh")  # CPU loaders return new host memory; device memory is not probed
     if device.startswith("cuda"):
         kinds.append("h2d")
     return kinds
@@ -242,6 +245,7 @@ def run(
     loader_keys: list[str] | None = None,
     threads: int | None = None,
     timeout: float | None = None,
+    settle: float = 0.0,
     on_run: Callable[[int, int, str], None] | None = None,
 ) -> dict:
     """Run the benchmark; return the JSON-ready results document."""
@@ -279,7 +283,8 @@ def run(
                         if (cache.resident_fraction(p) or 0.0) < 1.0:
                             cache.warm(p)
                 spec = {"kind": e.kind, "key": e.key, "paths": paths, "device": device,
-                        "condition": condition, "threads": threads, "nbytes": total_bytes}
+                        "condition": condition, "threads": threads, "nbytes": total_bytes,
+                        "settle": settle}
                 result = run_worker(spec, timeout)
                 if e.kind == "loader" and "checksum" in result and int(result["checksum"], 16) != expected:
                     result["wrong_bytes"] = True
@@ -334,6 +339,7 @@ def run(
             "rss": "peak RSS of the run's process during the timed region (VmHWM reset just "
                    "before it), and its growth over the RSS before the clock started",
             "order": "interleaved: every entry once per round, same order each round",
+            "settle": f"{settle:g} s wait in each worker after the eviction, before its clock",
         },
         "results": results,
     }

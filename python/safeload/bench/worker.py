@@ -7,8 +7,10 @@ peak during the timed region; elsewhere it is ``ru_maxrss`` over the process's l
 creation and the cold-cache eviction happen before the clock starts; the result is one JSON
 object on the last line of stdout.
 
-SPEC fields: kind ("loader", "storage", "memory", "h2d"), key (loader key), paths, device,
-condition ("cold" or "warm"), threads (or null), nbytes (for the limit probes).
+SPEC fields: kind ("loader", "storage", "memory", "fresh", "h2d"), key (loader key), paths,
+device, condition ("cold" or "warm"), threads (or null), nbytes (for the limit probes), settle
+(seconds to wait after the eviction and before the clock, so that memory the previous run or
+the eviction freed is as idle as the rest of the machine's when the clock starts).
 """
 from __future__ import annotations
 
@@ -103,6 +105,8 @@ def run(spec: dict) -> dict:
     if spec.get("condition") == "cold":
         for p in paths:
             cache.evict(p)
+    if spec.get("settle"):
+        time.sleep(spec["settle"])
     resident = [cache.resident_fraction(p) for p in paths]
     result["resident_before"] = None if None in resident or not resident else min(resident)
     rss_before = _current_rss_bytes()
@@ -130,6 +134,8 @@ def run(spec: dict) -> dict:
         result.update(seconds=seconds, nbytes=nbytes, configs=tried)
     elif kind == "memory":
         result.update(seconds=limits.memcpy(spec["nbytes"], threads), nbytes=spec["nbytes"])
+    elif kind == "fresh":
+        result.update(seconds=limits.fresh_memory(spec["nbytes"], threads), nbytes=spec["nbytes"])
     elif kind == "h2d":
         result.update(seconds=limits.h2d(spec["nbytes"], device), nbytes=spec["nbytes"])
     else:
