@@ -179,6 +179,16 @@ std::optional<File> open_uncached_unless_cached(const File& file, LoadOptions::I
   return uncached;
 }
 
+// `count` consecutive slots of `slot_bytes` (a multiple of kDirectIoAlign)
+// from the first kDirectIoAlign boundary of `owner`, which has room for them.
+std::vector<void*> carve_slots(const at::Tensor& owner, std::uint64_t slot_bytes, std::size_t count) {
+  const auto base = reinterpret_cast<std::uintptr_t>(owner.const_data_ptr<std::uint8_t>());
+  const std::uintptr_t aligned = (base + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
+  std::vector<void*> slots;
+  for (std::size_t i = 0; i < count; ++i) slots.push_back(reinterpret_cast<void*>(aligned + i * slot_bytes));
+  return slots;
+}
+
 // `count` kDirectIoAlign-aligned slots of `slot_bytes` (a multiple of it) in
 // one allocation, returned with the tensor that owns them. Host memory: huge
 // pages where available, since some virtual disks take O_DIRECT reads into
@@ -189,11 +199,7 @@ std::vector<void*> bounce_slots(std::uint64_t slot_bytes, std::size_t count, at:
   *owner = huge_page_tensor(bytes, {static_cast<std::int64_t>(bytes)}, at::kByte);
 #endif
   if (!owner->defined()) *owner = allocate_staging(bytes, c10::Device("cpu"));
-  const auto base = reinterpret_cast<std::uintptr_t>(owner->const_data_ptr<std::uint8_t>());
-  const std::uintptr_t aligned = (base + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
-  std::vector<void*> slots;
-  for (std::size_t i = 0; i < count; ++i) slots.push_back(reinterpret_cast<void*>(aligned + i * slot_bytes));
-  return slots;
+  return carve_slots(*owner, slot_bytes, count);
 }
 
 }  // namespace
@@ -256,10 +262,7 @@ TensorMap load_file(const std::string& path, c10::Device device, const LoadOptio
     const auto slot_count = static_cast<std::size_t>(std::clamp<std::uint64_t>(
         options.staging_bytes / slot_bytes, 1, kMaxSlotsPerThread * threads));
     const at::Tensor staging = allocate_staging(slot_bytes * slot_count + kDirectIoAlign, device);
-    const auto base = reinterpret_cast<std::uintptr_t>(staging.const_data_ptr<std::uint8_t>());
-    const std::uintptr_t aligned = (base + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
-    std::vector<void*> slots;
-    for (std::size_t i = 0; i < slot_count; ++i) slots.push_back(reinterpret_cast<void*>(aligned + i * slot_bytes));
+    const std::vector<void*> slots = carve_slots(staging, slot_bytes, slot_count);
     TorchStagedTarget target(tensors, staging, slot_count, device);
     fast::read_staged(file, header, plan, slots, target, *executor, uncached ? &*uncached : nullptr);
   }

@@ -30,6 +30,16 @@ struct Buffers {
   std::vector<void*> ptrs;
 };
 
+// `count` kDirectIoAlign-aligned slots of `slot_bytes` each, as O_DIRECT needs.
+struct AlignedSlots {
+  AlignedSlots(std::uint64_t slot_bytes, std::size_t count) : memory(slot_bytes * count + kDirectIoAlign) {
+    const auto base = (reinterpret_cast<std::uintptr_t>(memory.data()) + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
+    for (std::size_t i = 0; i < count; ++i) ptrs.push_back(reinterpret_cast<void*>(base + i * slot_bytes));
+  }
+  std::vector<char> memory;
+  std::vector<void*> ptrs;
+};
+
 std::vector<std::string> reference_bytes(const File& file, const Header& h) {
   Buffers b(h);
   reference::read_tensors(file, h, b.ptrs);
@@ -111,28 +121,32 @@ TEST(ReadStaged, MatchesReferenceThroughSyncAndDeferredCopies) {
   }
 }
 
-TEST(ReadStaged, UncachedReadsMatchReference) {
-  TempFile tmp(mixed_file());
+// mixed_file() opened for reads through the page cache and around it, with
+// the reference's bytes; skips where the file system has no O_DIRECT.
+class Uncached : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!uncached.is_open()) GTEST_SKIP() << "the file system of " << tmp.path() << " has no O_DIRECT";
+  }
+  TempFile tmp{mixed_file()};
   const File file = File::open(tmp.path());
   const File uncached = File::open_uncached(tmp.path());
-  if (!uncached.is_open()) GTEST_SKIP() << "the file system of " << tmp.path() << " has no O_DIRECT";
   const Header h = Header::read(file);
-  const auto expected = reference_bytes(file, h);
+  const std::vector<std::string> expected = reference_bytes(file, h);
+};
+
+TEST_F(Uncached, StagedReadsMatchReference) {
   for (std::uint64_t chunk : {1ull, 4095ull, 4096ull, 10007ull, 1ull << 20}) {
     SCOPED_TRACE(chunk);
     const Plan plan = plan_reads(h, chunk);
     const std::uint64_t slot_bytes = slot_bytes_for(plan, /*uncached=*/true);
     EXPECT_EQ(slot_bytes % kDirectIoAlign, 0u);
     EXPECT_GE(slot_bytes, chunk + kDirectIoAlign);
-    const std::size_t slot_count = 3;
-    std::vector<char> ring(slot_bytes * slot_count + kDirectIoAlign);
-    const auto base = (reinterpret_cast<std::uintptr_t>(ring.data()) + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
-    std::vector<void*> slots;
-    for (std::size_t i = 0; i < slot_count; ++i) slots.push_back(reinterpret_cast<void*>(base + i * slot_bytes));
+    const AlignedSlots slots(slot_bytes, 3);
     Buffers out(h);
     HostCopyTarget target(out.ptrs);
     auto executor = make_executor(3);
-    read_staged(file, h, plan, slots, target, *executor, &uncached);
+    read_staged(file, h, plan, slots.ptrs, target, *executor, &uncached);
     EXPECT_EQ(out.storage, expected);
   }
 }
@@ -140,13 +154,7 @@ TEST(ReadStaged, UncachedReadsMatchReference) {
 // read_host mixes both ways per op: ops the cache map calls cached are read
 // through the page cache, the rest with O_DIRECT through bounce slots. Every
 // mix must give the reference's bytes.
-TEST(ReadHost, MixedCachedAndUncachedOpsMatchReference) {
-  TempFile tmp(mixed_file());
-  const File file = File::open(tmp.path());
-  const File uncached = File::open_uncached(tmp.path());
-  if (!uncached.is_open()) GTEST_SKIP() << "the file system of " << tmp.path() << " has no O_DIRECT";
-  const Header h = Header::read(file);
-  const auto expected = reference_bytes(file, h);
+TEST_F(Uncached, HostReadsMixingCachedAndUncachedOpsMatchReference) {
   const std::uint64_t pages = (file.size() + 4095) / 4096;
   std::vector<std::vector<bool>> mixes = {std::vector<bool>(pages, false), std::vector<bool>(pages, true)};
   std::vector<bool> alternating(pages);
@@ -159,14 +167,10 @@ TEST(ReadHost, MixedCachedAndUncachedOpsMatchReference) {
       for (std::size_t m = 0; m < mixes.size(); ++m) {
         SCOPED_TRACE(::testing::Message() << "chunk " << chunk << ", slots " << slot_count << ", mix " << m);
         const Plan plan = plan_reads(h, chunk);
-        const std::uint64_t slot_bytes = slot_bytes_for(plan, /*uncached=*/true);
-        std::vector<char> ring(slot_bytes * slot_count + kDirectIoAlign);
-        const auto base = (reinterpret_cast<std::uintptr_t>(ring.data()) + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
-        std::vector<void*> slots;
-        for (std::size_t i = 0; i < slot_count; ++i) slots.push_back(reinterpret_cast<void*>(base + i * slot_bytes));
+        const AlignedSlots slots(slot_bytes_for(plan, /*uncached=*/true), slot_count);
         Buffers out(h);
         auto executor = make_executor(4);
-        read_host(file, &uncached, CacheMap::from_pages(mixes[m], 4096), h, plan, out.ptrs, slots, *executor);
+        read_host(file, &uncached, CacheMap::from_pages(mixes[m], 4096), h, plan, out.ptrs, slots.ptrs, *executor);
         EXPECT_EQ(out.storage, expected);
       }
     }
@@ -182,14 +186,11 @@ TEST(ReadHost, TruncatedFileIsIoOnTheUncachedPathToo) {
   const Header h = Header::read(file);
   ASSERT_EQ(::truncate(tmp.path().c_str(), static_cast<off_t>(bytes.size() / 2)), 0);
   const Plan plan = plan_reads(h, 4096);
-  const std::uint64_t slot_bytes = slot_bytes_for(plan, /*uncached=*/true);
-  std::vector<char> ring(2 * slot_bytes + kDirectIoAlign);
-  const auto base = (reinterpret_cast<std::uintptr_t>(ring.data()) + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
-  const std::vector<void*> slots = {reinterpret_cast<void*>(base), reinterpret_cast<void*>(base + slot_bytes)};
+  const AlignedSlots slots(slot_bytes_for(plan, /*uncached=*/true), 2);
   Buffers out(h);
   auto executor = make_executor(3);
   testing::expect_code(ErrorCode::kIo, [&] {
-    read_host(file, &uncached, CacheMap::uniform(false), h, plan, out.ptrs, slots, *executor);
+    read_host(file, &uncached, CacheMap::uniform(false), h, plan, out.ptrs, slots.ptrs, *executor);
   });
 }
 
