@@ -20,13 +20,12 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "deferred_target.h"
 #include "fuzz_check.h"
 #include "safeload/error.h"
 #include "safeload/fast.h"
@@ -105,40 +104,6 @@ void check_bytes(const Header& h, const Buffers& got, const std::uint8_t* file, 
                loader);
   }
 }
-
-// Copies nothing until the slot is waited for, like the laziest asynchronous
-// device copy: a slot refilled before its wait would deliver wrong bytes.
-class DeferredTarget final : public fast::StagedTarget {
- public:
-  explicit DeferredTarget(Buffers& dst) : copy_(dst.ptrs) {}
-
-  void copy_from_slot(std::size_t slot, const fast::Plan& plan, const fast::ReadOp& op,
-                      const void* src) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    FUZZ_CHECK(pending_.count(slot) == 0, "a slot is refilled before its copies were waited for");
-    pending_[slot] = {&plan, &op, src};
-  }
-
-  void wait_slot(std::size_t slot) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = pending_.find(slot);
-    if (it == pending_.end()) return;
-    copy_.copy_from_slot(slot, *it->second.plan, *it->second.op, it->second.src);
-    pending_.erase(it);
-  }
-
-  bool idle() const { return pending_.empty(); }
-
- private:
-  struct Pending {
-    const fast::Plan* plan;
-    const fast::ReadOp* op;
-    const void* src;
-  };
-  fast::HostCopyTarget copy_;  // does the copying, when the slot is waited for
-  std::mutex mutex_;
-  std::map<std::size_t, Pending> pending_;
-};
 
 // The plan covers the data section exactly once, in file order, within limits.
 void check_plan(const Header& h, const fast::Plan& plan) {
@@ -221,10 +186,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ring.emplace_back(new unsigned char[plan.chunk_bytes]);
     slots.push_back(ring.back().get());
   }
-  DeferredTarget target(staged);
+  safeload::testing::DeferredTarget target(staged.ptrs);
   const Verdict staged_verdict =
       run([&] { fast::read_staged(file, h, plan, slots, target, *executor); });
-  FUZZ_CHECK(target.idle(), "read_staged returns with copies still pending");
+  FUZZ_CHECK(target.reused_before_wait() == 0, "a slot is refilled before its copies were waited for");
+  FUZZ_CHECK(target.pending() == 0, "read_staged returns with copies still pending");
   FUZZ_CHECK(staged_verdict == ref_verdict, "read_staged and the reference disagree on the verdict");
   check_bytes(h, staged, data, "read_staged and the reference disagree on the bytes");
   return 0;

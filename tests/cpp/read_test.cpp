@@ -3,10 +3,9 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <map>
-#include <mutex>
 
 #include "safeload/fast.h"
+#include "deferred_target.h"
 #include "safeload/reference.h"
 #include "test_util.h"
 
@@ -46,36 +45,7 @@ std::vector<std::string> reference_bytes(const File& file, const Header& h) {
   return b.storage;
 }
 
-// Behaves like an asynchronous device copy at its laziest: nothing is copied
-// until the slot is waited for. If the reader refilled a slot before waiting,
-// the deferred copy would pick up the wrong bytes and the comparison fails.
-class DeferredTarget : public StagedTarget {
- public:
-  explicit DeferredTarget(Buffers& dst) : copy_(dst.ptrs) {}
-  void copy_from_slot(std::size_t slot, const Plan& plan, const ReadOp& op, const void* src) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    EXPECT_EQ(pending_.count(slot), 0u) << "slot reused before its copies were waited for";
-    pending_[slot] = {&plan, &op, src};
-  }
-  void wait_slot(std::size_t slot) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = pending_.find(slot);
-    if (it == pending_.end()) return;
-    copy_.copy_from_slot(slot, *it->second.plan, *it->second.op, it->second.src);
-    pending_.erase(it);
-  }
-  std::size_t pending() const { return pending_.size(); }
-
- private:
-  struct Pending {
-    const Plan* plan;
-    const ReadOp* op;
-    const void* src;
-  };
-  HostCopyTarget copy_;  // does the copying, when the slot is waited for
-  std::mutex mutex_;
-  std::map<std::size_t, Pending> pending_;
-};
+using testing::DeferredTarget;
 
 TEST(ReadDirect, MatchesReferenceForEveryChunkSize) {
   TempFile tmp(mixed_file());
@@ -113,8 +83,9 @@ TEST(ReadStaged, MatchesReferenceThroughSyncAndDeferredCopies) {
       EXPECT_EQ(sync_out.storage, expected);
 
       Buffers deferred_out(h);
-      DeferredTarget deferred(deferred_out);
+      DeferredTarget deferred(deferred_out.ptrs);
       read_staged(file, h, plan, slots, deferred, *executor);
+      EXPECT_EQ(deferred.reused_before_wait(), 0u) << "slot reused before its copies were waited for";
       EXPECT_EQ(deferred.pending(), 0u) << "every copy is finished on return";
       EXPECT_EQ(deferred_out.storage, expected);
     }
@@ -206,10 +177,11 @@ TEST(ReadErrors, FileTruncatedAfterValidationIsIoAndStagingIsDrained) {
   testing::expect_code(ErrorCode::kIo, [&] { read_direct(file, h, plan_reads(h, 4096), direct_out.ptrs, *executor); });
 
   Buffers staged_out(h);
-  DeferredTarget deferred(staged_out);
+  DeferredTarget deferred(staged_out.ptrs);
   std::vector<std::string> ring(3, std::string(4096, '\0'));
   std::vector<void*> slots = {ring[0].data(), ring[1].data(), ring[2].data()};
   testing::expect_code(ErrorCode::kIo, [&] { read_staged(file, h, plan_reads(h, 4096), slots, deferred, *executor); });
+  EXPECT_EQ(deferred.reused_before_wait(), 0u) << "slot reused before its copies were waited for";
   EXPECT_EQ(deferred.pending(), 0u) << "no copy may still read staging memory after an error";
 }
 
