@@ -1,0 +1,219 @@
+"""``safeload.patch()``: route upstream's loading functions through safeload.
+
+While a patch is in force, these names resolve to safeload:
+
+- ``safetensors.safe_open`` (for ``framework="pt"``/``"torch"``; other
+  frameworks still go to upstream's object) -> :class:`safeload.safe_open`;
+- ``safetensors.torch.load_file`` -> :func:`safeload.load_file`;
+- ``safetensors.torch.load`` -> :func:`safeload.load`;
+- ``safetensors.torch.load_model`` -> upstream's ``load_model``, which calls
+  ``safetensors.torch.load_file`` and so loads through safeload.
+
+Modules that imported one of these names before the patch (``from
+safetensors import safe_open`` in transformers, accelerate, diffusers, ...)
+are found by scanning ``sys.modules`` for attributes that *are* the original
+objects, and patched too. ``unpatch()`` restores every such attribute, and
+every attribute that was bound to a safeload replacement while the patch was
+in force (modules imported during the patch), to the original object.
+
+Use it as a context manager or as a plain call::
+
+    with safeload.patch() as p:
+        model = AutoModelForCausalLM.from_pretrained(path)
+    print(p.calls)          # {"safe_open": 2, "tensors": 291, ...}
+
+    safeload.patch()        # until
+    safeload.unpatch()      # undoes every patch() still in force
+
+Patches nest: the originals come back when the outermost ``with`` block ends
+(or at ``unpatch()``). ``p.calls`` counts what safeload served while ``p``
+was in force: files opened with ``safe_open``, tensors handed out by those
+handles, ``load_file`` and ``load`` calls; :func:`calls` counts since the
+process started.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["patch", "unpatch", "is_patched", "calls"]
+
+_lock = threading.RLock()
+_depth = 0
+_generation = 0  # bumped by unpatch(), so handles from before it release nothing
+_originals: Dict[str, Any] = {}        # route -> upstream object, captured at the first patch
+_replacements: Dict[str, Any] = {}     # route -> safeload's object
+_restore: List[Tuple[Any, str, Any]] = []  # (namespace, attribute, original) replaced by the patch
+_counts: "collections.Counter[str]" = collections.Counter()
+
+
+def _count(what: str, n: int = 1) -> None:
+    with _lock:
+        _counts[what] += n
+
+
+def calls() -> Dict[str, int]:
+    """What safeload served through patched names since the process
+    started: ``safe_open`` (files opened), ``tensors`` (tensors those handles
+    handed out), ``load_file``, ``load``."""
+    with _lock:
+        return dict(_counts)
+
+
+def is_patched() -> bool:
+    """Whether a patch is in force."""
+    return _depth > 0
+
+
+# -- the replacements ---------------------------------------------------------
+
+def _make_replacements(originals: Dict[str, Any]) -> Dict[str, Any]:
+    import safeload
+
+    upstream_safe_open = originals["safe_open"]
+
+    def safe_open(filename, framework, device="cpu", *, backend="mmap", **kwargs):
+        """``safetensors.safe_open``, routed through ``safeload.safe_open`` for
+        torch (see ``safeload.patch``)."""
+        if framework not in ("pt", "torch"):
+            return upstream_safe_open(filename, framework, device, backend=backend, **kwargs)
+        handle = safeload.safe_open(filename, framework, device, backend=backend, **kwargs)
+        _count("safe_open")
+        handle.on_tensor = lambda name: _count("tensors")
+        return handle
+
+    def load_file(filename, device="cpu", *, backend="mmap", **kwargs):
+        """``safetensors.torch.load_file``, routed through ``safeload.load_file``."""
+        result = safeload.load_file(filename, device, backend=backend, **kwargs)
+        _count("load_file")
+        _count("tensors", len(result))
+        return result
+
+    def load(data, *args, **kwargs):
+        """``safetensors.torch.load``, routed through ``safeload.load``."""
+        result = safeload.load(data, *args, **kwargs)
+        _count("load")
+        _count("tensors", len(result))
+        return result
+
+    for fn, original in ((safe_open, upstream_safe_open), (load_file, originals["load_file"]),
+                         (load, originals["load"])):
+        fn.__wrapped__ = original
+        fn.__safeload_patch__ = True
+    return {"safe_open": safe_open, "load_file": load_file, "load": load}
+
+
+def _capture_originals() -> Dict[str, Any]:
+    import safetensors
+    import safetensors.torch
+
+    return {"safe_open": safetensors.safe_open, "load_file": safetensors.torch.load_file,
+            "load": safetensors.torch.load}
+
+
+def _namespaces():
+    """Every module namespace, without importing or touching lazy attributes."""
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if isinstance(namespace, dict):
+            yield namespace
+
+
+def _swap(old_to_new: Dict[int, Tuple[Any, Any]], record: bool) -> None:
+    """Rebinds every module attribute that is one of the ``old`` objects."""
+    for namespace in _namespaces():
+        for attr, value in list(namespace.items()):
+            pair = old_to_new.get(id(value))
+            if pair is not None and pair[0] is value:
+                namespace[attr] = pair[1]
+                if record:
+                    _restore.append((namespace, attr, value))
+
+
+def _apply() -> None:
+    global _originals, _replacements
+    if not _originals:
+        _originals = _capture_originals()
+        _replacements = _make_replacements(_originals)
+    _swap({id(o): (o, _replacements[k]) for k, o in _originals.items()}, record=True)
+
+
+def _undo() -> None:
+    for namespace, attr, original in reversed(_restore):
+        if namespace.get(attr) is _replacements.get(_route_of(original)):
+            namespace[attr] = original
+    _restore.clear()
+    # Modules imported while the patch was in force bound the replacements.
+    _swap({id(r): (r, _originals[k]) for k, r in _replacements.items()}, record=False)
+
+
+def _route_of(original: Any) -> Optional[str]:
+    for route, obj in _originals.items():
+        if obj is original:
+            return route
+    return None
+
+
+class Patch:
+    """What :func:`patch` returns: a context manager that releases this
+    patch on exit; ``calls`` counts what safeload served while it was in
+    force."""
+
+    def __init__(self) -> None:
+        self._start = calls()
+        self._end: Optional[Dict[str, int]] = None
+        self._active = True
+        self._generation = _generation
+
+    @property
+    def calls(self) -> Dict[str, int]:
+        now = self._end if self._end is not None else calls()
+        return {k: v - self._start.get(k, 0) for k, v in now.items() if v - self._start.get(k, 0)}
+
+    def release(self) -> None:
+        global _depth
+        with _lock:
+            if not self._active:
+                return
+            self._active = False
+            self._end = calls()
+            if _depth > 0 and self._generation == _generation:
+                _depth -= 1
+                if _depth == 0:
+                    _undo()
+
+    def __enter__(self) -> "Patch":
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        live = self._active and self._generation == _generation and _depth
+        return f"<safeload.patch {'in force' if live else 'released'}>"
+
+
+def patch() -> Patch:
+    """Routes ``safetensors.safe_open``, ``safetensors.torch.load_file``,
+    ``load_model`` and ``load`` through safeload, in every module that holds
+    them; see the module docstring."""
+    global _depth
+    with _lock:
+        if _depth == 0:
+            _apply()
+        _depth += 1
+        return Patch()
+
+
+def unpatch() -> bool:
+    """Undoes every ``patch()`` still in force; returns whether one was."""
+    global _depth, _generation
+    with _lock:
+        if _depth == 0:
+            return False
+        _depth = 0
+        _generation += 1
+        _undo()
+        return True
