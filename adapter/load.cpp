@@ -1,16 +1,20 @@
-// The fast loader's torch side: allocate every destination first, then hand
-// the byte moving to fast/read.cpp, straight into host-writable memory or
-// through pinned staging slots for device memory.
+// The loaders' torch side: resolve and validate a checkpoint, allocate every
+// destination first, let the policy decide how to read, then hand the byte
+// moving to fast/ (straight into host-writable memory, or through pinned
+// staging slots for device memory) on a background thread.
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/Event.h>
+#include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <algorithm>
 #include <optional>
+#include <system_error>
 
 #include "safeload/error.h"
 #include "safeload/fast.h"
+#include "safeload/reference.h"
 #include "safeload/torch.h"
 
 #if defined(__linux__)
@@ -49,13 +53,12 @@ void* host_writable_pointer(const at::Tensor& t, c10::Storage* keepalive) {
 }
 
 #if defined(__linux__)
-// Large CPU destinations get memory of their own backed by transparent huge
-// pages where the kernel allows. Reads fault destination pages in as they
-// land; with 4 KiB pages that costs more than the copy itself on virtualised
-// hosts (measured: 1 GiB of fresh 4 KiB pages filled at ~1.1 GB/s against
-// ~4.8 GB/s into pre-faulted memory); 2 MiB pages cut the faults 512-fold.
+// Bounce slots are backed by transparent huge pages where the kernel allows:
+// some virtual disks take O_DIRECT reads into 4 KiB pages several times
+// slower than into 2 MiB ones (measured: 5x). Destinations are not: fresh
+// huge pages cost more to fault in than they save where the host backs them
+// slowly (see bench/README.md), and destinations are touched only once.
 constexpr std::uint64_t kHugePage = 2ull << 20;
-constexpr std::uint64_t kHugePageMinBytes = 4ull << 20;
 
 // `length` bytes (a multiple of 4 KiB) of fresh memory starting on a huge
 // page boundary, with huge pages advised; nullptr if the mapping fails.
@@ -88,34 +91,22 @@ at::Tensor huge_page_tensor(std::uint64_t nbytes, at::IntArrayRef sizes, at::Sca
       at::TensorOptions().dtype(dtype).device(c10::Device("cpu")));
 }
 
-at::Tensor empty_huge_page_tensor(const TensorInfo& t, std::string_view path) {
-  at::Tensor out = huge_page_tensor(t.nbytes(), torch_sizes(t, path), torch_dtype(t, path));
-  return out.defined() ? out : empty_tensor(t, path, c10::Device("cpu"));
-}
 #endif
-
-// The fast loader's destinations: torch's allocator, except for large CPU
-// tensors on Linux (see above).
-at::Tensor allocate_destination(const TensorInfo& t, std::string_view path, c10::Device device) {
-#if defined(__linux__)
-  if (device.is_cpu() && t.nbytes() >= kHugePageMinBytes) return empty_huge_page_tensor(t, path);
-#endif
-  return empty_tensor(t, path, device);
-}
 
 // Copies out of staging slots into device tensors with non-blocking copies on
-// the device's current stream; one event per slot says when it is free again.
+// one stream (the caller's current stream when the load started); one event
+// per slot says when it is free again.
 class TorchStagedTarget final : public fast::StagedTarget {
  public:
   TorchStagedTarget(const std::vector<at::Tensor>& tensors, const at::Tensor& staging,
                     std::size_t slot_count, c10::Device device)
-      : staging_(staging), device_(device) {
+      : staging_(staging), device_(device), stream_(c10::impl::VirtualGuardImpl(device.type()).getStream(device)) {
     for (const at::Tensor& t : tensors) {
       // A flat byte view of each destination, whatever its dtype.
-      bytes_.push_back(t.nbytes() == 0 ? at::Tensor()
-                                        : at::from_blob(t.mutable_data_ptr(),
-                                                        {static_cast<std::int64_t>(t.nbytes())},
-                                                        at::TensorOptions().dtype(at::kByte).device(device)));
+      bytes_.push_back(!t.defined() || t.nbytes() == 0
+                           ? at::Tensor()
+                           : at::from_blob(t.mutable_data_ptr(), {static_cast<std::int64_t>(t.nbytes())},
+                                           at::TensorOptions().dtype(at::kByte).device(device)));
     }
     if (!device.is_cpu()) {
       for (std::size_t i = 0; i < slot_count; ++i) events_.emplace_back(device.type());
@@ -124,7 +115,7 @@ class TorchStagedTarget final : public fast::StagedTarget {
 
   void copy_from_slot(std::size_t slot, const fast::Plan& plan, const fast::ReadOp& op,
                       const void* src) override {
-    c10::DeviceGuard guard(device_);
+    c10::StreamGuard guard(stream_);
     std::int64_t src_offset = static_cast<const std::uint8_t*>(src) - staging_.const_data_ptr<std::uint8_t>();
     for (std::size_t s = 0; s < op.segment_count; ++s) {
       const fast::Segment& seg = plan.segments[op.first_segment + s];
@@ -134,19 +125,22 @@ class TorchStagedTarget final : public fast::StagedTarget {
           .copy_(staging_.narrow(0, src_offset, length), /*non_blocking=*/true);
       src_offset += length;
     }
-    if (!events_.empty()) {
-      c10::impl::VirtualGuardImpl impl(device_.type());
-      events_[slot].record(impl.getStream(device_));
-    }
+    if (!events_.empty()) events_[slot].record(stream_);
   }
 
   void wait_slot(std::size_t slot) override {
     if (!events_.empty()) events_[slot].synchronize();
   }
 
+  // Every copy issued so far has finished.
+  void synchronize() const {
+    if (!device_.is_cpu()) stream_.synchronize();
+  }
+
  private:
   at::Tensor staging_;
   c10::Device device_;
+  c10::Stream stream_;
   std::vector<at::Tensor> bytes_;
   std::vector<c10::Event> events_;
 };
@@ -156,27 +150,21 @@ class TorchStagedTarget final : public fast::StagedTarget {
 // which is still correct).
 at::Tensor allocate_staging(std::uint64_t bytes, c10::Device device) {
   const auto options = at::TensorOptions().dtype(at::kByte);
-  if (device.is_cuda()) {
-    try {
-      return at::empty({static_cast<std::int64_t>(bytes)}, options.pinned_memory(true));
-    } catch (const c10::Error&) {
-      // No pinning allocator in this build; fall through to pageable memory.
+  try {
+    if (device.is_cuda()) {
+      try {
+        return at::empty({static_cast<std::int64_t>(bytes)}, options.pinned_memory(true));
+      } catch (const c10::OutOfMemoryError&) {
+        throw;
+      } catch (const c10::Error&) {
+        // No pinning allocator in this build; fall through to pageable memory.
+      }
     }
+    return at::empty({static_cast<std::int64_t>(bytes)}, options);
+  } catch (const c10::Error& e) {
+    throw Error(ErrorCode::kOutOfMemory, "cannot allocate " + std::to_string(bytes) +
+                                             " bytes of staging memory: " + e.what_without_backtrace());
   }
-  return at::empty({static_cast<std::int64_t>(bytes)}, options);
-}
-
-// More slots than this per thread only add events and pinned memory.
-constexpr std::uint64_t kMaxSlotsPerThread = 4;
-
-// The uncached view of the file unless the page cache is asked for, and
-// where supported (tmpfs, for one, refuses O_DIRECT: then the page cache is
-// used after all).
-std::optional<File> open_uncached_unless_cached(const File& file, LoadOptions::Io io) {
-  if (io == LoadOptions::Io::kCached) return std::nullopt;
-  File uncached = File::open_uncached(file.path());
-  if (!uncached.is_open()) return std::nullopt;
-  return uncached;
 }
 
 // `count` consecutive slots of `slot_bytes` (a multiple of kDirectIoAlign)
@@ -189,87 +177,269 @@ std::vector<void*> carve_slots(const at::Tensor& owner, std::uint64_t slot_bytes
   return slots;
 }
 
-// `count` kDirectIoAlign-aligned slots of `slot_bytes` (a multiple of it) in
-// one allocation, returned with the tensor that owns them. Host memory: huge
-// pages where available, since some virtual disks take O_DIRECT reads into
-// 4 KiB pages several times slower than into 2 MiB ones (measured: 5x).
-std::vector<void*> bounce_slots(std::uint64_t slot_bytes, std::size_t count, at::Tensor* owner) {
-  const std::uint64_t bytes = slot_bytes * count + kDirectIoAlign;
+// Host memory for `count` slots of `slot_bytes`: huge pages for bounce slots
+// on Linux (see map_huge_pages), torch's allocator (pinned for CUDA) otherwise.
+at::Tensor slot_memory(std::uint64_t slot_bytes, std::size_t count, bool bounce, c10::Device device) {
+  const std::uint64_t bytes = slot_bytes * count + kDirectIoAlign;  // bounded by staging_bytes + one slot
+  at::Tensor owner;
 #if defined(__linux__)
-  *owner = huge_page_tensor(bytes, {static_cast<std::int64_t>(bytes)}, at::kByte);
+  if (bounce) owner = huge_page_tensor(bytes, {static_cast<std::int64_t>(bytes)}, at::kByte);
 #endif
-  if (!owner->defined()) *owner = allocate_staging(bytes, c10::Device("cpu"));
-  return carve_slots(*owner, slot_bytes, count);
+  if (!owner.defined()) owner = allocate_staging(bytes, bounce ? c10::Device("cpu") : device);
+  return owner;
+}
+
+// Every shard's page cache residency is sampled over its data section.
+bool all_cached(const std::vector<fast::CacheMap>& caches, const Checkpoint& checkpoint) {
+  for (std::size_t f = 0; f < caches.size(); ++f) {
+    const Header& h = checkpoint.shards()[f].header;
+    if (!caches[f].cached(h.data_start(), h.data_length())) return false;
+  }
+  return true;
 }
 
 }  // namespace
 
-TensorMap load_file(const std::string& path, c10::Device device, const LoadOptions& options) {
+// Everything one load owns; the driver thread and waiters share it.
+class LoadState {
+ public:
+  Checkpoint checkpoint;
+  c10::Device device;
+  LoadOptions options;
+  std::vector<const TensorInfo*> infos;   // every tensor, file order
+  std::vector<std::string_view> paths;    // the shard of each tensor
+  std::vector<bool> wanted;
+  std::vector<at::Tensor> tensors;        // undefined where not wanted
+  std::vector<c10::Storage> keepalive;
+  std::vector<void*> host;
+  std::vector<File> uncached;             // per shard, not open where not bypassing
+  std::vector<fast::CacheMap> caches;
+  std::vector<fast::Source> sources;
+  fast::ReadPolicy policy;
+  fast::Plan plan;
+  at::Tensor slot_owner;
+  std::vector<void*> slots;
+  std::unique_ptr<TorchStagedTarget> target;
+  std::unique_ptr<fast::Executor> executor;
+  std::unique_ptr<fast::LoadControl> control;
+
+  LoadState(Checkpoint c, c10::Device d, LoadOptions o) : checkpoint(std::move(c)), device(d), options(std::move(o)) {}
+
+  void run() noexcept {
+    std::exception_ptr error;
+    try {
+      if (policy.route == fast::ReadPolicy::Route::kDirect) {
+        fast::read_host(sources, plan, host, slots, *executor, control.get());
+      } else {
+        fast::read_staged(sources, plan, slots, *target, *executor, control.get());
+      }
+    } catch (...) {
+      error = std::current_exception();
+    }
+    control->finish(error);
+  }
+};
+
+std::unique_ptr<Loading> Loading::start(Checkpoint checkpoint, c10::Device device, const LoadOptions& options,
+                                        const std::vector<std::string>* only) {
+  validate(options);
   check_device_usable(device);
-  const File file = File::open(path);
-  const Header header = Header::read(file);
-  check_torch_compatible(header, path);
+  auto st = std::make_unique<LoadState>(std::move(checkpoint), device, options);
+  const Checkpoint& cp = st->checkpoint;
+
+  std::vector<const Header*> headers;
+  for (const Shard& shard : cp.shards()) {
+    check_torch_compatible(shard.header, shard.file.path());
+    headers.push_back(&shard.header);
+    for (const TensorInfo& t : shard.header.tensors()) {
+      st->infos.push_back(&t);
+      st->paths.push_back(shard.file.path());
+    }
+  }
+  st->wanted.assign(st->infos.size(), only == nullptr);
+  if (only) {
+    for (const std::string& name : *only) {
+      std::size_t found = st->infos.size();
+      for (std::size_t i = 0; i < st->infos.size() && found == st->infos.size(); ++i) {
+        if (st->infos[i]->name == name) found = i;
+      }
+      SAFELOAD_CHECK(found < st->infos.size(), ErrorCode::kInvalidArgument,
+                     "no tensor named '" + name + "' in the checkpoint");
+      st->wanted[found] = true;
+    }
+  }
 
   // Everything is allocated before the first read.
-  std::vector<at::Tensor> tensors;
-  tensors.reserve(header.tensors().size());
-  for (const TensorInfo& t : header.tensors()) tensors.push_back(allocate_destination(t, path, device));
-
-  std::vector<void*> host(tensors.size(), nullptr);
-  std::vector<c10::Storage> keepalive(tensors.size());
-  // Host-writable destinations are written directly (unless staging is forced).
-  bool direct = options.path == LoadOptions::Path::kAuto;
-  for (std::size_t i = 0; direct && i < tensors.size(); ++i) {
-    if (tensors[i].nbytes() == 0) continue;
-    host[i] = host_writable_pointer(tensors[i], &keepalive[i]);
-    direct = host[i] != nullptr;
+  st->tensors.resize(st->infos.size());
+  st->host.assign(st->infos.size(), nullptr);
+  st->keepalive.resize(st->infos.size());
+  bool host_writable = true;
+  for (std::size_t i = 0; i < st->infos.size(); ++i) {
+    if (!st->wanted[i]) continue;
+    st->tensors[i] = empty_tensor(*st->infos[i], st->paths[i], device);
+    if (st->tensors[i].nbytes() == 0) continue;
+    if (host_writable) st->host[i] = host_writable_pointer(st->tensors[i], &st->keepalive[i]);
+    host_writable = host_writable && st->host[i] != nullptr;
   }
 
-  if (direct) {
-    // Bytes the page cache holds are copied from it; the rest bypass it
-    // (kAuto), unless told otherwise.
-    const std::optional<File> uncached = open_uncached_unless_cached(file, options.io);
-    const CacheMap cache = !uncached                              ? CacheMap::uniform(true)
-                           : options.io == LoadOptions::Io::kAuto ? CacheMap::of(file)
-                                                                  : CacheMap::uniform(false);
-    const bool bypass = uncached && !cache.cached(header.data_start(), header.data_length());
-    const std::unique_ptr<fast::Executor> executor = fast::make_executor(
-        options.threads ? options.threads : bypass ? fast::default_uncached_threads() : fast::default_threads());
-    const std::size_t threads = executor->concurrency();
-    std::uint64_t chunk = options.chunk_bytes ? options.chunk_bytes
-                                              : fast::default_chunk_bytes(header.data_length(), threads);
-    if (bypass && !options.chunk_bytes) chunk = std::min(chunk, fast::kUncachedChunkBytes);
-    const fast::Plan plan = fast::plan_reads(header, chunk);
-    at::Tensor bounce;
-    const std::vector<void*> slots =
-        bypass ? bounce_slots(fast::slot_bytes_for(plan, true), threads, &bounce) : std::vector<void*>{};
-    fast::read_host(file, bypass ? &*uncached : nullptr, cache, header, plan, host, slots, *executor);
-  } else {
-    // Through pinned staging slots, within the staging bound: device copies
-    // drain while reads go on, so at least two slots per thread. The page
-    // cache is used unless kUncached is asked for.
-    SAFELOAD_CHECK(options.staging_bytes >= 64 * 1024, ErrorCode::kInvalidArgument,
-                   "staging_bytes must be at least 64 KiB, got " + std::to_string(options.staging_bytes));
-    const std::unique_ptr<fast::Executor> executor = fast::make_executor(options.threads);
-    const std::size_t threads = executor->concurrency();
-    std::uint64_t chunk = options.chunk_bytes ? options.chunk_bytes
-                                              : fast::default_chunk_bytes(header.data_length(), threads);
-    chunk = std::max<std::uint64_t>(4096, std::min(chunk, options.staging_bytes / (2 * threads)));
-    const std::optional<File> uncached =
-        options.io == LoadOptions::Io::kUncached ? open_uncached_unless_cached(file, options.io) : std::nullopt;
-    const fast::Plan plan = fast::plan_reads(header, chunk);
-    const std::uint64_t slot_bytes = fast::slot_bytes_for(plan, uncached.has_value());
-    const auto slot_count = static_cast<std::size_t>(std::clamp<std::uint64_t>(
-        options.staging_bytes / slot_bytes, 1, kMaxSlotsPerThread * threads));
-    const at::Tensor staging = allocate_staging(slot_bytes * slot_count + kDirectIoAlign, device);
-    const std::vector<void*> slots = carve_slots(staging, slot_bytes, slot_count);
-    TorchStagedTarget target(tensors, staging, slot_count, device);
-    fast::read_staged(file, header, plan, slots, target, *executor, uncached ? &*uncached : nullptr);
+  fast::PolicyInput in;
+  in.io = options.io;
+  in.threads = options.threads;
+  in.chunk_bytes = options.chunk_bytes;
+  in.staging_bytes = options.staging_bytes;
+  in.staged = options.staged;
+  in.cores = fast::hardware_cores();
+  in.host_writable = host_writable;
+  std::uint64_t data_bytes = 0;
+  for (std::size_t i = 0; i < st->infos.size(); ++i) data_bytes += st->wanted[i] ? st->infos[i]->nbytes() : 0;
+  in.data_bytes = data_bytes;
+  // O_DIRECT views and residency maps, where bypassing is possible at all.
+  const bool direct_route = host_writable && !options.staged;
+  const bool may_bypass = options.io == LoadOptions::Io::kUncached ||
+                          (options.io == LoadOptions::Io::kAuto && direct_route);
+  in.direct_io = may_bypass;
+  for (const Shard& shard : cp.shards()) {
+    st->uncached.push_back(may_bypass ? File::open_uncached(shard.file.path()) : File::open_uncached(""));
+    in.direct_io = in.direct_io && st->uncached.back().is_open();
+    st->caches.push_back(may_bypass && options.io == LoadOptions::Io::kAuto ? fast::CacheMap::of(shard.file)
+                                                                            : fast::CacheMap::uniform(
+                                                                                  options.io != LoadOptions::Io::kUncached));
   }
+  in.all_cached = all_cached(st->caches, cp);
+  st->policy = fast::decide_policy(in);
 
-  TensorMap out;
-  for (std::size_t i = 0; i < tensors.size(); ++i) out.emplace(header.tensors()[i].name, std::move(tensors[i]));
+  for (std::size_t f = 0; f < cp.shards().size(); ++f) {
+    st->sources.push_back(fast::Source{&cp.shards()[f].file, st->policy.bypass ? &st->uncached[f] : nullptr,
+                                       st->policy.check_cache ? &st->caches[f] : nullptr});
+  }
+  st->plan = fast::plan_reads(headers, st->policy.chunk_bytes, only ? &st->wanted : nullptr);
+  if (st->policy.slot_count > 0) {
+    const bool bounce = st->policy.route == fast::ReadPolicy::Route::kDirect;
+    st->slot_owner = slot_memory(st->policy.slot_bytes, st->policy.slot_count, bounce, device);
+    st->slots = carve_slots(st->slot_owner, st->policy.slot_bytes, st->policy.slot_count);
+  }
+  if (st->policy.route == fast::ReadPolicy::Route::kStaged) {
+    st->target = std::make_unique<TorchStagedTarget>(st->tensors, st->slot_owner, st->slots.size(), device);
+  }
+  st->executor = fast::make_executor(st->policy.threads);
+  st->control = std::make_unique<fast::LoadControl>(st->plan, options.cancel);
+
+  std::unique_ptr<Loading> loading(new Loading(std::move(st)));
+  LoadState* state = loading->state_.get();
+  try {
+    loading->driver_ = std::thread([state] { state->run(); });
+  } catch (const std::system_error&) {
+    state->run();  // no thread to be had: read in the caller's thread instead
+  }
+  return loading;
+}
+
+Loading::Loading(std::unique_ptr<LoadState> state) : state_(std::move(state)) {}
+
+Loading::~Loading() {
+  cancel();
+  if (driver_.joinable()) driver_.join();
+}
+
+std::size_t Loading::size() const { return state_->infos.size(); }
+const TensorInfo& Loading::info(std::size_t i) const { return *state_->infos.at(i); }
+bool Loading::loaded(std::size_t i) const { return state_->wanted.at(i); }
+
+std::optional<std::size_t> Loading::find(std::string_view name) const {
+  for (std::size_t i = 0; i < state_->infos.size(); ++i) {
+    if (state_->infos[i]->name == name) return i;
+  }
+  return std::nullopt;
+}
+
+at::Tensor Loading::wait(std::size_t i, long timeout_ms) {
+  SAFELOAD_CHECK(i < size() && state_->wanted[i], ErrorCode::kInvalidArgument,
+                 "tensor " + std::to_string(i) + " is not part of this load");
+  if (!state_->control->wait_tensor(i, timeout_ms)) return at::Tensor();
+  if (state_->target) state_->target->synchronize();  // its copies were only issued
+  // Nothing of a failed load is handed out, even a tensor that was complete.
+  if (std::exception_ptr error = state_->control->error()) std::rethrow_exception(error);
+  return state_->tensors[i];
+}
+
+bool Loading::wait_done(long timeout_ms) {
+  if (timeout_ms < 0) {
+    while (!state_->control->wait_finished(1000)) {}
+    return true;
+  }
+  return state_->control->wait_finished(timeout_ms);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Loading::take_all() {
+  wait_done();
+  if (driver_.joinable()) driver_.join();
+  if (std::exception_ptr error = state_->control->error()) {
+    release();
+    std::rethrow_exception(error);
+  }
+  if (state_->target) state_->target->synchronize();
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (std::size_t i = 0; i < size(); ++i) {
+    if (state_->wanted[i]) out.emplace_back(state_->infos[i]->name, state_->tensors[i]);
+  }
   return out;
+}
+
+void Loading::cancel() noexcept { state_->control->cancel(); }
+
+void Loading::release() noexcept {
+  cancel();
+  if (driver_.joinable()) driver_.join();
+  if (!state_->control->error()) {
+    state_->control->finish(std::make_exception_ptr(Error(ErrorCode::kCancelled, "the load was released")));
+  }
+  state_->target.reset();
+  state_->tensors.assign(state_->tensors.size(), at::Tensor());
+  state_->keepalive.assign(state_->keepalive.size(), c10::Storage());
+  state_->slot_owner = at::Tensor();
+  state_->slots.clear();
+}
+std::uint64_t Loading::bytes_done() const { return state_->control->bytes_done(); }
+std::uint64_t Loading::bytes_total() const { return state_->plan.total_bytes; }
+
+LoadReport Loading::report() const {
+  const fast::ReadPolicy& p = state_->policy;
+  LoadReport r;
+  r.route = p.route == fast::ReadPolicy::Route::kDirect ? "direct" : "staged";
+  r.io = std::string(io_name(state_->options.io));
+  r.bypass = p.bypass;
+  r.files = state_->checkpoint.shards().size();
+  r.threads = p.threads;
+  r.chunk_bytes = p.chunk_bytes;
+  r.slot_bytes = p.slot_bytes;
+  r.slot_count = p.slot_count;
+  r.ops = state_->plan.ops.size();
+  r.ops_uncached = state_->control->ops_uncached();
+  r.bytes_total = state_->plan.total_bytes;
+  r.bytes_uncached = state_->control->bytes_uncached();
+  r.bytes_done = state_->control->bytes_done();
+  return r;
+}
+
+namespace {
+TensorMap load_all(Checkpoint checkpoint, c10::Device device, const LoadOptions& options) {
+  std::unique_ptr<Loading> loading = Loading::start(std::move(checkpoint), device, options);
+  TensorMap out;
+  for (auto& [name, tensor] : loading->take_all()) out.emplace(std::move(name), std::move(tensor));
+  return out;
+}
+}  // namespace
+
+TensorMap load_file(const std::string& path, c10::Device device, const LoadOptions& options) {
+  validate(options);
+  check_device_usable(device);
+  return load_all(Checkpoint::open(std::vector<std::string>{path}), device, options);
+}
+
+TensorMap load_checkpoint(const std::string& src, c10::Device device, const LoadOptions& options) {
+  validate(options);
+  check_device_usable(device);
+  return load_all(Checkpoint::open(src), device, options);
 }
 
 }  // namespace safeload

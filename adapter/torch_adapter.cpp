@@ -1,6 +1,9 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <optional>
+
 #include "safeload/error.h"
 #include "safeload/reference.h"
 #include "safeload/torch.h"
@@ -69,24 +72,67 @@ void check_torch_compatible(const Header& header, std::string_view path) {
   }
 }
 
+namespace {
+
+// Contiguous strides for `sizes`, or nullopt where a product overflows (only
+// possible for tensors with a zero dimension, which hold no element: the
+// header's checked arithmetic bounds every other shape).
+std::optional<std::vector<std::int64_t>> contiguous_strides(const std::vector<std::int64_t>& sizes) {
+  std::vector<std::int64_t> strides(sizes.size(), 1);
+  std::int64_t stride = 1;
+  for (std::size_t d = sizes.size(); d-- > 0;) {
+    strides[d] = stride;
+    if (__builtin_mul_overflow(stride, std::max<std::int64_t>(sizes[d], 1), &stride)) return std::nullopt;
+  }
+  return strides;
+}
+
+}  // namespace
+
 at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device device) {
-  at::Tensor out =
-      at::empty(torch_sizes(t, path), at::TensorOptions().dtype(torch_dtype(t, path)).device(device));
+  const std::vector<std::int64_t> sizes = torch_sizes(t, path);
+  const auto options = at::TensorOptions().dtype(torch_dtype(t, path)).device(device);
+  at::Tensor out;
+  try {
+    if (const auto strides = contiguous_strides(sizes)) {
+      out = at::empty(sizes, options);
+    } else {
+      // No element, so any strides describe it; torch's own would overflow
+      // (e.g. shape [0, 2^62, 2^62]). Upstream loads such tensors too.
+      out = at::empty_strided(sizes, std::vector<std::int64_t>(sizes.size(), 1), options);
+    }
+  } catch (const c10::Error& e) {
+    // torch reports allocation failure as OutOfMemoryError on devices and as
+    // a plain Error from the CPU allocator.
+    const bool oom = dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr ||
+                     std::string_view(e.what_without_backtrace()).find("alloc") != std::string_view::npos;
+    if (!oom) throw;
+    throw Error(ErrorCode::kOutOfMemory, "cannot allocate " + std::to_string(t.nbytes()) + " bytes on " +
+                                             device.str() + " for " + describe(t, path) + ": " +
+                                             e.what_without_backtrace());
+  }
   SAFELOAD_INTERNAL_ASSERT(out.nbytes() == t.nbytes(), "torch size must match the header's");
   return out;
 }
 
 c10::Device parse_device(std::string_view device) {
+  std::optional<c10::Device> parsed;
   try {
-    return c10::Device(std::string(device));
+    parsed = c10::Device(std::string(device));
   } catch (const c10::Error&) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "invalid device '" + std::string(device) +
-                    "' (expected e.g. 'cpu', 'cuda', 'cuda:1' or 'mps')");
   }
+  SAFELOAD_CHECK(parsed.has_value(), ErrorCode::kInvalidArgument,
+                 "invalid device '" + std::string(device) + "' (expected e.g. 'cpu', 'cuda', 'cuda:1' or 'mps')");
+  SAFELOAD_CHECK(!parsed->is_cpu() || !parsed->has_index() || parsed->index() == 0, ErrorCode::kInvalidArgument,
+                 "invalid device '" + std::string(device) + "': there is one CPU device, 'cpu' (or 'cpu:0')");
+  SAFELOAD_CHECK(!parsed->is_meta(), ErrorCode::kInvalidArgument,
+                 "device 'meta' holds no data, so there is nothing to load into; load to 'cpu' or an "
+                 "accelerator, or build meta tensors from safeload.read_header");
+  return *parsed;
 }
 
 void check_device_usable(c10::Device device) {
+  parse_device(device.str());
   if (device.is_cpu()) return;
   try {
     (void)at::empty({0}, at::TensorOptions().device(device));

@@ -27,8 +27,11 @@ constexpr std::array<std::string_view, kErrorCodeCount> kNames = {
     "UNSUPPORTED_DTYPE",
     "INVALID_ARGUMENT",
     "IO",
+    "INVALID_INDEX",
+    "OUT_OF_MEMORY",
+    "CANCELLED",
 };
-static_assert(static_cast<int>(ErrorCode::kIo) + 1 == kErrorCodeCount,
+static_assert(static_cast<int>(ErrorCode::kCancelled) + 1 == kErrorCodeCount,
               "kErrorCodeCount must count every ErrorCode");
 
 }  // namespace

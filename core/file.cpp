@@ -1,7 +1,6 @@
 #include "safeload/file.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -108,31 +107,61 @@ void preadv_full_using(PreadvFn fn, int fd, struct iovec* iov, int count, std::u
 File::File(int fd, std::string path, std::uint64_t size)
     : fd_(fd), path_(std::move(path)), size_(size) {}
 
-File File::open(const std::string& path) {
+namespace {
+
+// What a path that is not a regular file is, for the message.
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  return "not a regular file";
+}
+
+// Opens `path` read-only without blocking (a FIFO would otherwise block in
+// open() until a writer comes) and accepts only a regular file. Returns -1
+// with errno set where `flags` are refused (O_DIRECT on tmpfs).
+int open_regular(const std::string& path, int flags, std::uint64_t* size) {
+  SAFELOAD_CHECK(path.find('\0') == std::string::npos, ErrorCode::kInvalidArgument,
+                 "path contains a NUL byte: '" + path.substr(0, path.find('\0')) + "\\0...'");
   int fd;
   do {
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | flags);
   } while (fd < 0 && errno == EINTR);
-  if (fd < 0) throw_io("cannot open", path, errno);
-  File file(fd, path, 0);  // owns fd from here on, so every throw below closes it
+  if (fd < 0) return -1;
   struct stat st {};
-  if (::fstat(fd, &st) != 0) throw_io("cannot stat", path, errno);
-  if (!S_ISREG(st.st_mode)) throw_io("not a regular file:", path, S_ISDIR(st.st_mode) ? EISDIR : EINVAL);
-  file.size_ = static_cast<std::uint64_t>(st.st_size);
-  return file;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw_io("cannot stat", path, err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    const int err = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+    throw Error(ErrorCode::kIo, "cannot load '" + path + "': it is " + file_kind(st.st_mode) +
+                                    ", and only regular files are read", err);
+  }
+  // Regular files ignore O_NONBLOCK; cleared all the same so reads mean what they say.
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  *size = static_cast<std::uint64_t>(st.st_size);
+  return fd;
+}
+
+}  // namespace
+
+File File::open(const std::string& path) {
+  std::uint64_t size = 0;
+  const int fd = open_regular(path, 0, &size);
+  if (fd < 0) throw_io("cannot open", path, errno);
+  return File(fd, path, size);
 }
 
 File File::open_uncached(const std::string& path) {
 #if defined(__linux__)
-  int fd;
-  do {
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-  } while (fd < 0 && errno == EINTR);
-  if (fd >= 0) {
-    struct stat st {};
-    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) return File(fd, path, static_cast<std::uint64_t>(st.st_size));
-    ::close(fd);
-  }
+  std::uint64_t size = 0;
+  const int fd = open_regular(path, O_DIRECT, &size);
+  if (fd >= 0) return File(fd, path, size);
 #endif
   return File(-1, path, 0);  // e.g. tmpfs refuses O_DIRECT with EINVAL
 }
@@ -152,71 +181,6 @@ File& File::operator=(File&& other) noexcept {
 
 File::~File() {
   if (fd_ >= 0) ::close(fd_);
-}
-
-CacheMap CacheMap::of(const File& file) {
-#if defined(__linux__) || defined(__APPLE__)
-  const long page = ::sysconf(_SC_PAGESIZE);
-  if (file.size() == 0 || page <= 0 || file.size() > SIZE_MAX / 2) return CacheMap(true);
-  void* map = ::mmap(nullptr, static_cast<std::size_t>(file.size()), PROT_READ, MAP_SHARED, file.fd(), 0);
-  if (map == MAP_FAILED) return CacheMap(true);
-  CacheMap out(false);
-  out.map_ = map;
-  out.map_length_ = file.size();
-  out.page_size_ = static_cast<std::uint64_t>(page);
-  return out;
-#else
-  (void)file;
-  return CacheMap(true);
-#endif
-}
-
-CacheMap CacheMap::from_pages(std::vector<bool> pages, std::uint64_t page_size) {
-  SAFELOAD_INTERNAL_ASSERT(page_size > 0, "page size must be positive");
-  CacheMap out(false);
-  out.from_pages_ = true;
-  out.pages_ = std::move(pages);
-  out.page_size_ = page_size;
-  return out;
-}
-
-CacheMap::CacheMap(CacheMap&& other) noexcept
-    : all_(other.all_),
-      pages_(std::move(other.pages_)),
-      from_pages_(other.from_pages_),
-      map_(std::exchange(other.map_, nullptr)),
-      map_length_(other.map_length_),
-      page_size_(other.page_size_) {}
-
-CacheMap::~CacheMap() {
-  if (map_ != nullptr) ::munmap(map_, static_cast<std::size_t>(map_length_));
-}
-
-bool CacheMap::page_cached(std::uint64_t page) const {
-  if (from_pages_) return page < pages_.size() && pages_[page];
-  if (page * page_size_ >= map_length_) return false;
-#if defined(__APPLE__)
-  char flag = 0;
-#else
-  unsigned char flag = 0;
-#endif
-  char* at = static_cast<char*>(map_) + page * page_size_;
-  if (::mincore(at, static_cast<std::size_t>(page_size_), &flag) != 0) return true;  // cannot tell
-  return (flag & 1) != 0;
-}
-
-bool CacheMap::cached(std::uint64_t offset, std::uint64_t length) const {
-  if (!from_pages_ && map_ == nullptr) return all_;
-  if (length == 0) return true;
-  const std::uint64_t first = offset / page_size_;
-  const std::uint64_t last = (offset + length - 1) / page_size_;
-  const std::uint64_t span = last - first;
-  const std::uint64_t samples = std::min(span + 1, kSamples);
-  for (std::uint64_t i = 0; i < samples; ++i) {
-    const std::uint64_t page = samples == 1 ? first : first + span * i / (samples - 1);
-    if (!page_cached(page)) return false;
-  }
-  return true;
 }
 
 }  // namespace safeload

@@ -2,6 +2,7 @@
 #include <atomic>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "safeload/fast.h"
@@ -73,8 +74,15 @@ class ThreadExecutor final : public Executor {
   void parallel_for(std::size_t n, const std::function<void(std::size_t)>& fn) override {
     WorkLoop loop(n, fn);
     std::vector<std::thread> helpers;
+    helpers.reserve(threads_);
     const std::size_t workers = std::min(threads_, n);
-    for (std::size_t i = 1; i < workers; ++i) helpers.emplace_back([&loop] { loop.work(); });
+    for (std::size_t i = 1; i < workers; ++i) {
+      try {
+        helpers.emplace_back([&loop] { loop.work(); });
+      } catch (const std::system_error&) {
+        break;  // no more threads to be had (a limit, or memory): go on with those started
+      }
+    }
     loop.work();
     for (std::thread& t : helpers) t.join();
     loop.rethrow_if_failed();
@@ -87,19 +95,8 @@ class ThreadExecutor final : public Executor {
 
 }  // namespace
 
-std::size_t default_threads() {
-  // One reader per core: each read also copies (page cache to destination),
-  // and on a 2-core virtual machine 2 streams of 64 MiB reads beat 4
-  // (measured, cold and warm). At least 2 keep I/O and copying overlapped;
-  // more than 16 gains nothing.
-  const std::size_t hw = std::thread::hardware_concurrency();
-  return std::clamp<std::size_t>(hw, 2, 16);
-}
-
-std::size_t default_uncached_threads() { return std::min<std::size_t>(2 * default_threads(), 32); }
-
 std::unique_ptr<Executor> make_executor(std::size_t threads) {
-  if (threads == 0) threads = default_threads();
+  if (threads == 0) threads = default_threads(hardware_cores());
 #if defined(SAFELOAD_HAVE_GCD)
   return std::make_unique<GcdExecutor>(threads);
 #else

@@ -4,9 +4,12 @@
 #include <cerrno>
 #include <cstring>
 
+#include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <utility>
 
 #include "safeload/error.h"
 #include "safeload/fast.h"
@@ -20,13 +23,6 @@ void HostCopyTarget::copy_from_slot(std::size_t, const Plan& plan, const ReadOp&
     std::memcpy(static_cast<char*>(dst_[seg.tensor]) + seg.tensor_offset, from, seg.length);
     from += seg.length;
   }
-}
-
-std::uint64_t slot_bytes_for(const Plan& plan, bool uncached) {
-  if (!uncached) return plan.chunk_bytes;
-  // A read widened to aligned ends spans at most the chunk rounded up plus one
-  // block; keeping the size a multiple of the block keeps every slot aligned.
-  return (plan.chunk_bytes + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign + kDirectIoAlign;
 }
 
 namespace {
@@ -110,77 +106,160 @@ class SlotRing {
 
 }  // namespace
 
-void read_host(const File& file, const File* uncached, const CacheMap& cache, const Header& header,
-               const Plan& plan, const std::vector<void*>& dst, const std::vector<void*>& slots,
-               Executor& executor) {
-  SAFELOAD_INTERNAL_ASSERT(dst.size() == header.tensors().size(), "one destination per tensor");
-  SAFELOAD_INTERNAL_ASSERT(!uncached || !slots.empty(), "uncached reads need a bounce slot");
+LoadControl::LoadControl(const Plan& plan, std::function<bool()> cancel)
+    : hook_(std::move(cancel)), remaining_(new std::atomic<std::uint64_t>[plan.tensor_bytes.size()]) {
+  for (std::size_t i = 0; i < plan.tensor_bytes.size(); ++i) remaining_[i] = plan.tensor_bytes[i];
+}
+
+void LoadControl::cancel() noexcept { cancelled_.store(true, std::memory_order_relaxed); }
+
+void LoadControl::check_cancelled() {
+  if (!cancelled_.load(std::memory_order_relaxed) && hook_ && hook_()) cancel();
+  if (cancelled_.load(std::memory_order_relaxed)) throw Error(ErrorCode::kCancelled, "the load was cancelled");
+}
+
+void LoadControl::op_done(const Plan& plan, const ReadOp& op) {
+  bool completed = false;
+  for (std::size_t s = 0; s < op.segment_count; ++s) {
+    const Segment& seg = plan.segments[op.first_segment + s];
+    completed |= remaining_[seg.tensor].fetch_sub(seg.length, std::memory_order_acq_rel) == seg.length;
+  }
+  bytes_done_.fetch_add(op.length, std::memory_order_relaxed);
+  if (completed) {
+    // Taking the lock orders the notification after a waiter's check.
+    { std::lock_guard<std::mutex> lock(mutex_); }
+    cv_.notify_all();
+  }
+}
+
+void LoadControl::finish(std::exception_ptr error) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    finished_ = true;
+    error_ = std::move(error);
+  }
+  cv_.notify_all();
+}
+
+bool LoadControl::finished() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return finished_;
+}
+
+std::exception_ptr LoadControl::error() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return error_;
+}
+
+bool LoadControl::wait_tensor(std::size_t i, long timeout_ms) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  const auto ready = [&] { return finished_ || tensor_done(i); };
+  if (timeout_ms < 0) {
+    cv_.wait(lock, ready);
+  } else {
+    cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready);
+  }
+  if (tensor_done(i)) return true;
+  if (error_) std::rethrow_exception(error_);
+  return false;
+}
+
+void LoadControl::note_uncached(std::uint64_t bytes) noexcept {
+  ops_uncached_.fetch_add(1, std::memory_order_relaxed);
+  bytes_uncached_.fetch_add(bytes, std::memory_order_relaxed);
+}
+
+bool LoadControl::wait_finished(long timeout_ms) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return finished_; });
+}
+
+namespace {
+
+void check_slots(const std::vector<void*>& slots, bool aligned) {
   for (void* slot : slots) {
-    SAFELOAD_INTERNAL_ASSERT(reinterpret_cast<std::uintptr_t>(slot) % kDirectIoAlign == 0,
+    SAFELOAD_INTERNAL_ASSERT(!aligned || reinterpret_cast<std::uintptr_t>(slot) % kDirectIoAlign == 0,
                              "uncached reads need aligned slots");
   }
+}
+
+bool any_uncached(const std::vector<Source>& sources) {
+  return std::any_of(sources.begin(), sources.end(), [](const Source& s) { return s.uncached != nullptr; });
+}
+
+}  // namespace
+
+void read_host(const std::vector<Source>& sources, const Plan& plan, const std::vector<void*>& dst,
+               const std::vector<void*>& slots, Executor& executor, LoadControl* control) {
+  SAFELOAD_INTERNAL_ASSERT(dst.size() == plan.tensor_bytes.size(), "one destination per tensor");
+  const bool bypass = any_uncached(sources);
+  SAFELOAD_INTERNAL_ASSERT(!bypass || !slots.empty(), "uncached reads need a bounce slot");
+  check_slots(slots, bypass);
   HostCopyTarget copier(dst);
   SlotRing ring(slots.size(), copier);
   executor.parallel_for(plan.ops.size(), [&](std::size_t k) {
+    if (control) control->check_cancelled();
     const ReadOp& op = plan.ops[k];
-    if (uncached && !cache.cached(op.file_offset, op.length)) {
+    const Source& src = sources[op.file];
+    if (src.uncached && !(src.cache && src.cache->cached(op.file_offset, op.length))) {
       SAFELOAD_INTERNAL_ASSERT(op.length <= plan.chunk_bytes, "an op must fit one slot");
       const std::size_t slot = ring.acquire();
       try {
-        const char* src = read_uncached(file, *uncached, op, static_cast<char*>(slots[slot]));
-        copier.copy_from_slot(slot, plan, op, src);
+        const char* from = read_uncached(*src.file, *src.uncached, op, static_cast<char*>(slots[slot]));
+        copier.copy_from_slot(slot, plan, op, from);
+        if (control) control->note_uncached(op.length);
       } catch (...) {
         ring.release(slot, /*dirty=*/false);
         throw;
       }
       ring.release(slot, /*dirty=*/false);
-      return;
+    } else {
+      iovec iov[kMaxSegmentsPerOp];
+      for (std::size_t s = 0; s < op.segment_count; ++s) {
+        const Segment& seg = plan.segments[op.first_segment + s];
+        iov[s].iov_base = static_cast<char*>(dst[seg.tensor]) + seg.tensor_offset;
+        iov[s].iov_len = seg.length;
+      }
+      preadv_full(src.file->fd(), iov, static_cast<int>(op.segment_count), op.file_offset, src.file->path());
     }
-    iovec iov[kMaxSegmentsPerOp];
-    for (std::size_t s = 0; s < op.segment_count; ++s) {
-      const Segment& seg = plan.segments[op.first_segment + s];
-      iov[s].iov_base = static_cast<char*>(dst[seg.tensor]) + seg.tensor_offset;
-      iov[s].iov_len = seg.length;
-    }
-    preadv_full(file.fd(), iov, static_cast<int>(op.segment_count), op.file_offset, file.path());
+    if (control) control->op_done(plan, op);
   });
 }
 
-void read_direct(const File& file, const Header& header, const Plan& plan,
-                 const std::vector<void*>& dst, Executor& executor) {
-  read_host(file, nullptr, CacheMap::uniform(true), header, plan, dst, {}, executor);
+void read_cached(const File& file, const Plan& plan, const std::vector<void*>& dst, Executor& executor) {
+  read_host({Source{&file, nullptr, nullptr}}, plan, dst, {}, executor);
 }
 
-void read_staged(const File& file, const Header& header, const Plan& plan,
-                 const std::vector<void*>& slots, StagedTarget& target, Executor& executor,
-                 const File* uncached) {
+void read_staged(const std::vector<Source>& sources, const Plan& plan, const std::vector<void*>& slots,
+                 StagedTarget& target, Executor& executor, LoadControl* control) {
   SAFELOAD_INTERNAL_ASSERT(!slots.empty(), "staging needs at least one slot");
-  for (void* slot : slots) {
-    SAFELOAD_INTERNAL_ASSERT(!uncached || reinterpret_cast<std::uintptr_t>(slot) % kDirectIoAlign == 0,
-                             "uncached reads need aligned slots");
-  }
+  check_slots(slots, any_uncached(sources));
   SlotRing ring(slots.size(), target);
   std::mutex copy_mutex;
   try {
     executor.parallel_for(plan.ops.size(), [&](std::size_t k) {
+      if (control) control->check_cancelled();
       const ReadOp& op = plan.ops[k];
+      const Source& src = sources[op.file];
       SAFELOAD_INTERNAL_ASSERT(op.length <= plan.chunk_bytes, "an op must fit one slot");
       const std::size_t slot = ring.acquire();
       try {
-        const void* src = slots[slot];
-        if (uncached) {
-          src = read_uncached(file, *uncached, op, static_cast<char*>(slots[slot]));
+        const void* from = slots[slot];
+        if (src.uncached) {
+          from = read_uncached(*src.file, *src.uncached, op, static_cast<char*>(slots[slot]));
+          if (control) control->note_uncached(op.length);
         } else {
-          file.pread_full(slots[slot], op.length, op.file_offset);
+          src.file->pread_full(slots[slot], op.length, op.file_offset);
         }
         std::lock_guard<std::mutex> lock(copy_mutex);
-        target.copy_from_slot(slot, plan, op, src);
+        target.copy_from_slot(slot, plan, op, from);
       } catch (...) {
         // A failed read leaves nothing to copy; a failed copy may have started.
         ring.release(slot, /*dirty=*/true);
         throw;
       }
       ring.release(slot, /*dirty=*/true);
+      if (control) control->op_done(plan, op);
     });
   } catch (...) {
     try {

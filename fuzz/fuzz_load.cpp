@@ -5,7 +5,7 @@
 // (memfd_create) and opened like any other file, then:
 //   1. Header::read (through the file) and Header::from_bytes (on the bytes)
 //      must give the same verdict and error code;
-//   2. if valid, reference::read_tensors, fast::read_direct and
+//   2. if valid, reference::read_tensors, fast::read_cached and
 //      fast::read_staged (through a deferred-copy target) must all succeed
 //      and produce exactly the bytes the file holds for each tensor.
 // Chunk size, thread count and staging slot count are derived from a hash of
@@ -175,9 +175,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::unique_ptr<fast::Executor> executor = fast::make_executor(threads);
 
   Buffers direct(h);
-  const Verdict direct_verdict = run([&] { fast::read_direct(file, h, plan, direct.ptrs, *executor); });
-  FUZZ_CHECK(direct_verdict == ref_verdict, "read_direct and the reference disagree on the verdict");
-  check_bytes(h, direct, data, "read_direct and the reference disagree on the bytes");
+  const Verdict direct_verdict = run([&] { fast::read_cached(file, plan, direct.ptrs, *executor); });
+  FUZZ_CHECK(direct_verdict == ref_verdict, "read_cached and the reference disagree on the verdict");
+  check_bytes(h, direct, data, "read_cached and the reference disagree on the bytes");
 
   Buffers staged(h);
   std::vector<std::unique_ptr<unsigned char[]>> ring;
@@ -188,7 +188,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   safeload::testing::DeferredTarget target(staged.ptrs);
   const Verdict staged_verdict =
-      run([&] { fast::read_staged(file, h, plan, slots, target, *executor); });
+      run([&] { fast::read_staged({fast::Source{&file}}, plan, slots, target, *executor); });
   FUZZ_CHECK(target.reused_before_wait() == 0, "a slot is refilled before its copies were waited for");
   FUZZ_CHECK(target.pending() == 0, "read_staged returns with copies still pending");
   FUZZ_CHECK(staged_verdict == ref_verdict, "read_staged and the reference disagree on the verdict");

@@ -41,10 +41,14 @@ enum class ErrorCode : int {
   kUnsupportedDtype,          // safeload's own: the dtype has no equivalent on this framework/device
   kInvalidArgument,           // safeload's own: a bad option or device string from the caller
   kIo,                        // IoError: open, stat or read failed (errno is kept)
+  kInvalidIndex,              // safeload's own: a checkpoint's index.json is malformed or
+                              // disagrees with its shards
+  kOutOfMemory,               // safeload's own: a destination or buffer could not be allocated
+  kCancelled,                 // safeload's own: the caller cancelled the load (Ctrl-C, a hook)
 };
 
 // Number of codes; keep in step with the enum (checked in error.cpp).
-inline constexpr int kErrorCodeCount = 19;
+inline constexpr int kErrorCodeCount = 22;
 
 // Stable upper-case name of a code, e.g. "INVALID_OFFSET". Python exposes it as
 // SafetensorError.code.

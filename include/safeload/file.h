@@ -7,7 +7,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
-#include <vector>
 
 struct iovec;
 
@@ -77,45 +76,6 @@ class File {
   int fd_ = -1;
   std::string path_;
   std::uint64_t size_ = 0;
-};
-
-// Whether byte ranges of a file are in the page cache, asked as they are
-// needed. The answer may be stale by the time it is used, and it comes from
-// a few sampled pages per range; it only steers how bytes are read, never
-// which bytes.
-class CacheMap {
- public:
-  // Looks at `file` through a read-only mapping (mincore reads nothing).
-  // Where the platform cannot tell, reports everything as cached, so callers
-  // keep reading through the page cache.
-  static CacheMap of(const File& file);
-  // Every range cached, or none: for forced choices and tests.
-  static CacheMap uniform(bool cached) { return CacheMap(cached); }
-  // Pages given as flags (one per `page_size` bytes from offset 0; past the
-  // last flag counts as not cached). For tests.
-  static CacheMap from_pages(std::vector<bool> pages, std::uint64_t page_size);
-
-  CacheMap(CacheMap&& other) noexcept;
-  CacheMap& operator=(CacheMap&&) = delete;
-  CacheMap(const CacheMap&) = delete;
-  ~CacheMap();
-
-  // True if the sampled pages of [offset, offset + length) are all cached:
-  // the first, the last and evenly spaced ones between, at most kSamples.
-  // Sampling keeps the question cheap (asking about every page of a 4 GiB
-  // file costs ~40 ms, a tenth of loading it from the page cache).
-  static constexpr std::uint64_t kSamples = 5;
-  bool cached(std::uint64_t offset, std::uint64_t length) const;
-
- private:
-  explicit CacheMap(bool all) : all_(all) {}
-  bool page_cached(std::uint64_t page) const;
-  bool all_ = true;
-  std::vector<bool> pages_;  // from_pages
-  bool from_pages_ = false;
-  void* map_ = nullptr;      // of(): the file mapped read-only
-  std::uint64_t map_length_ = 0;
-  std::uint64_t page_size_ = 4096;
 };
 
 }  // namespace safeload

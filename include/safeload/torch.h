@@ -1,20 +1,29 @@
-// The torch adapter: the only place (with the Python binding) that sees
-// libtorch. Maps safetensors dtypes and shapes onto torch tensors and exposes
-// the C++ API for libtorch users.
+// The torch layer: the only C++ (with the Python binding) that sees libtorch.
+// Maps safetensors dtypes and shapes onto torch tensors, allocates
+// destinations, parses devices, provides the staging target for device
+// memory, and exposes the loaders' C++ API for libtorch users.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
+#include <c10/core/Stream.h>
 
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
 
+#include "safeload/checkpoint.h"
 #include "safeload/header.h"
+#include "safeload/options.h"
 
 namespace safeload {
 
-// Name -> tensor, for a whole file.
+// Name -> tensor, for a whole file or checkpoint.
 using TensorMap = std::map<std::string, at::Tensor>;
 
 // torch's dtype for tensor `t` of file `path`. Throws Error(kUnsupportedDtype)
@@ -31,35 +40,92 @@ std::vector<std::int64_t> torch_sizes(const TensorInfo& t, std::string_view path
 // allocated or read (no partial results). Throws as torch_dtype/torch_sizes.
 void check_torch_compatible(const Header& header, std::string_view path);
 
-// An uninitialised contiguous tensor for `t` (torch's allocators align data to
-// at least 64 bytes, whatever the file's offsets).
+// An uninitialised contiguous tensor for `t` on `device` (torch's allocators
+// align data to at least 64 bytes, whatever the file's offsets). Throws
+// Error(kOutOfMemory) naming the tensor and its size if it cannot be had.
 at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device device);
 
-// Parses "cpu", "cuda", "cuda:1", "mps", ... Throws Error(kInvalidArgument).
+// Parses "cpu", "cuda", "cuda:1", "mps", ... Throws Error(kInvalidArgument)
+// for what torch cannot parse, a CPU index other than 0, and "meta" (a load
+// that reads no bytes is not a load; upstream rejects it too).
 c10::Device parse_device(std::string_view device);
 
-// Throws Error(kInvalidArgument) if this torch build cannot allocate on
-// `device` (e.g. "cuda" without a GPU), before any file is touched.
+// Throws Error(kInvalidArgument) if `device` is not one parse_device accepts
+// or this torch build cannot allocate on it (e.g. "cuda" without a GPU),
+// before any file is touched.
 void check_device_usable(c10::Device device);
 
-// Options of the fast loader. Zero means "choose for me".
-struct LoadOptions {
-  std::size_t threads = 0;         // reader threads (default: one per core, at least 2, at most 16;
-                                   // twice that when reads bypass the page cache)
-  std::uint64_t chunk_bytes = 0;   // bytes per read (default: a few MiB, see fast.h)
-  std::uint64_t staging_bytes = 256ull << 20;  // host staging bound for device targets
-  // How bytes reach the destination. kAuto reads straight into host-writable
-  // destinations (CPU; MPS shared storage where torch exposes a host alias)
-  // and stages everything else. kStaged forces staging, on CPU too (tests).
-  enum class Path { kAuto, kStaged } path = Path::kAuto;
-  // Whether reads go through the page cache. kAuto: for host-writable
-  // destinations, bytes the page cache holds are copied from it and the rest
-  // are read with O_DIRECT into bounce slots, then copied (no page-cache
-  // pages are allocated and filled only to be copied once); device targets
-  // read through the page cache. kCached: always through it. kUncached:
-  // always bypass it, device targets included. Where O_DIRECT is not
-  // supported (tmpfs, macOS), the page cache is used.
-  enum class Io { kAuto, kCached, kUncached } io = Io::kAuto;
+// What a load did, for users and tests to observe rather than guess.
+struct LoadReport {
+  std::string route;               // "direct" (into host-writable memory) or "staged"
+  std::string io;                  // the io option: auto, cached or uncached
+  bool bypass = false;             // some reads could bypass the page cache (O_DIRECT)
+  std::size_t files = 0;
+  std::size_t threads = 0;         // reader threads asked of the executor
+  std::uint64_t chunk_bytes = 0;
+  std::uint64_t slot_bytes = 0;    // staging or bounce slots (0: none)
+  std::size_t slot_count = 0;
+  std::uint64_t ops = 0;           // reads planned
+  std::uint64_t ops_uncached = 0;  // of which bypassed the page cache
+  std::uint64_t bytes_total = 0;
+  std::uint64_t bytes_uncached = 0;
+  std::uint64_t bytes_done = 0;
+};
+
+class LoadState;  // internal
+
+// A load running in the background. start() validates the options, checks
+// every tensor maps onto torch, allocates every destination, and only then
+// starts reading, so every argument, format and allocation error is thrown
+// by start() with nothing kept. Reads then run on the executor's threads;
+// wait() returns a tensor as soon as its bytes are in. Cancel with cancel(),
+// LoadOptions::cancel, or by destroying the Loading (which cancels and waits
+// for the readers). Methods are thread-safe.
+class Loading {
+ public:
+  // `only` (optional): names of the tensors to load; the others are neither
+  // allocated nor read. Throws Error(kInvalidArgument) for a name not in the
+  // checkpoint.
+  static std::unique_ptr<Loading> start(Checkpoint checkpoint, c10::Device device,
+                                        const LoadOptions& options = {},
+                                        const std::vector<std::string>* only = nullptr);
+  ~Loading();
+  Loading(const Loading&) = delete;
+  Loading& operator=(const Loading&) = delete;
+
+  // Every tensor of the checkpoint in file order (shard by shard, data
+  // order within a shard), loaded or not.
+  std::size_t size() const;
+  const TensorInfo& info(std::size_t i) const;
+  // Index of `name`, or nullopt.
+  std::optional<std::size_t> find(std::string_view name) const;
+  bool loaded(std::size_t i) const;  // part of this load (see `only`)
+
+  // Waits up to `timeout_ms` (negative: no limit) for tensor i; returns it,
+  // or an undefined tensor on timeout. Throws the load's error if the load
+  // failed or was cancelled before the tensor was complete, and
+  // Error(kInvalidArgument) for a tensor not part of this load.
+  at::Tensor wait(std::size_t i, long timeout_ms = -1);
+  // Waits up to `timeout_ms` for the whole load; true once it has ended.
+  // Does not throw; error() says how it ended.
+  bool wait_done(long timeout_ms = -1);
+  // After wait_done: every loaded tensor in file order; throws the load's
+  // error if it failed.
+  std::vector<std::pair<std::string, at::Tensor>> take_all();
+
+  void cancel() noexcept;
+  // Cancels, waits for the readers, and frees every tensor and buffer this
+  // load holds (tensors already handed out stay valid). wait() and take_all()
+  // throw Error(kCancelled) after it.
+  void release() noexcept;
+  std::uint64_t bytes_done() const;
+  std::uint64_t bytes_total() const;
+  LoadReport report() const;
+
+ private:
+  explicit Loading(std::unique_ptr<LoadState> state);
+  std::unique_ptr<LoadState> state_;
+  std::thread driver_;
 };
 
 // The fast loader: validates the header, allocates every destination tensor
@@ -68,6 +134,12 @@ struct LoadOptions {
 // returned and everything allocated is released. Thread-safe.
 TensorMap load_file(const std::string& path, c10::Device device = c10::Device("cpu"),
                     const LoadOptions& options = {});
+
+// Every tensor of a checkpoint (see Checkpoint::open for what `src` may
+// be), in one load: one plan over every shard, one executor, one staging
+// ring. Same guarantees as load_file.
+TensorMap load_checkpoint(const std::string& src, c10::Device device = c10::Device("cpu"),
+                          const LoadOptions& options = {});
 
 namespace reference {
 // Loads every tensor of a safetensors file onto `device`: each is read into a

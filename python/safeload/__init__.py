@@ -1,7 +1,12 @@
 """safeload: fast, strict loading of safetensors files into PyTorch.
 
-``safeload.load_file`` is a drop-in for ``safetensors.torch.load_file``;
-``safeload.reference.load_file`` is the simple loader it is checked against.
+``safeload.load_file`` is a drop-in for ``safetensors.torch.load_file``,
+``safeload.load`` for ``safetensors.torch.load``, ``safeload.safe_open`` for
+``safetensors.safe_open``; ``safeload.load_checkpoint`` loads a sharded
+checkpoint in one call; ``safeload.patch()`` routes upstream's functions
+(and so transformers, diffusers, accelerate) through safeload.
+``safeload.reference.load_file`` is the simple loader everything is checked
+against.
 """
 from __future__ import annotations
 
@@ -10,11 +15,12 @@ from typing import Dict, Optional
 
 import torch  # noqa: F401  (loads libtorch before the extension module)
 
-from safeload import _C
+from safeload import _C, _loading
 from safeload._device import DeviceLike, device_string
 from safeload._errors import SafetensorError
 
-__all__ = ["load_file", "read_header", "SafetensorError", "DTYPES", "ERROR_CODES"]
+__all__ = ["load_file", "load", "load_checkpoint", "safe_open", "patch", "unpatch", "read_header",
+           "SafetensorError", "DTYPES", "ERROR_CODES"]
 __version__ = "0.1.0"
 
 #: The format's dtypes and their sizes in bits, from safeload's one dtype table.
@@ -22,7 +28,8 @@ DTYPES: Dict[str, int] = dict(_C.dtype_table())
 #: Every stable value of ``SafetensorError.code``.
 ERROR_CODES = tuple(_C.error_codes())
 
-DEFAULT_STAGING_BYTES = 256 << 20
+#: The format's limits and the load options' bounds, from the C++ core.
+LIMITS: Dict[str, int] = dict(_C.constants())
 
 
 def load_file(
@@ -31,9 +38,10 @@ def load_file(
     *,
     threads: Optional[int] = None,
     chunk_bytes: Optional[int] = None,
-    staging_bytes: int = DEFAULT_STAGING_BYTES,
+    staging_bytes: Optional[int] = None,
     staged: bool = False,
     io: str = "auto",
+    backend: Optional[str] = None,
 ) -> Dict[str, torch.Tensor]:
     """Load every tensor of a safetensors file onto ``device``, fast.
 
@@ -55,24 +63,116 @@ def load_file(
     a malformed file and ``OSError`` when the file cannot be read; nothing is
     returned on error.
     """
-    for name, value in (("threads", threads), ("chunk_bytes", chunk_bytes)):
-        if value is not None and value <= 0:
-            raise SafetensorError(f"{name} must be positive, got {value}", "INVALID_ARGUMENT")
-    return _C.load_file(
-        os.fspath(path),
-        device_string(device),
-        threads or 0,
-        chunk_bytes or 0,
-        staging_bytes,
-        staged,
-        io,
-    )
+    _check_backend(backend)
+    return _loading.load([path], device, threads=threads, chunk_bytes=chunk_bytes,
+                         staging_bytes=staging_bytes, staged=staged, io=io)
+
+
+#: ``backend`` values upstream accepts; safeload reads the same way for all.
+BACKENDS = (None, "mmap", "pread")
+
+
+def _check_backend(backend: Optional[str]) -> None:
+    """``backend`` is upstream's choice between mapping the file and reading
+    it. safeload never maps: its tensors always own their memory (as with
+    upstream's ``"pread"``), so the value is accepted and ignored; anything
+    else is refused as upstream refuses it."""
+    if backend not in BACKENDS:
+        raise SafetensorError(f"backend {backend!r} is invalid (expected one of: 'mmap', 'pread', None)",
+                              "INVALID_ARGUMENT")
+
+
+def load(data: bytes, device: DeviceLike = "cpu", **options) -> Dict[str, torch.Tensor]:
+    """``safetensors.torch.load``: the tensors of a safetensors file held in
+    memory (``bytes``, ``bytearray`` or ``memoryview``), in file order, on
+    ``device`` (upstream's ``load`` has no device: CPU). Checked and loaded
+    like a file (same errors, messages say ``<bytes>`` for the path);
+    ``options`` are ``load_file``'s."""
+    if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, not {type(data).__name__}")
+    options.setdefault("io", "cached")  # the bytes are in memory: no device to bypass
+    with _memory_file(data) as path:
+        try:
+            return _loading.load([path], device, **options)
+        except SafetensorError as e:
+            raise SafetensorError(str(e).replace(path, "<bytes>"), e.code) from None
+
+
+class _memory_file:
+    """A path to a file holding ``data``: an anonymous memory file
+    (``memfd_create``, Linux) or, elsewhere, a private temporary file;
+    gone once the block ends."""
+
+    def __init__(self, data):
+        self._data = data
+        self._fd = -1
+        self._tmp: Optional[str] = None
+
+    def __enter__(self) -> str:
+        view = memoryview(self._data).cast("B")
+        if hasattr(os, "memfd_create"):
+            self._fd = os.memfd_create("safeload-bytes", getattr(os, "MFD_CLOEXEC", 0))
+            path = f"/proc/self/fd/{self._fd}"
+        else:
+            import tempfile
+            self._fd, self._tmp = tempfile.mkstemp(suffix=".safetensors")
+            path = self._tmp
+        try:
+            done = 0
+            while done < len(view):
+                done += os.write(self._fd, view[done:done + (1 << 30)])
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return path
+
+    def __exit__(self, *exc) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._tmp is not None:
+            os.unlink(self._tmp)
+            self._tmp = None
+
+
+def load_checkpoint(src, device: DeviceLike = "cpu", *, progress=None,
+                    **options) -> Dict[str, torch.Tensor]:
+    """Load a whole checkpoint in one call: ``src`` is a ``.safetensors``
+    file, a directory (its ``*.safetensors.index.json``, or without one every
+    ``.safetensors`` file in it, sorted), an ``*.index.json``, or a list of
+    files.
+
+    Every shard's header is read and validated, and the index checked
+    against them, before anything is allocated; then one plan over all
+    shards runs on one set of reader threads with one staging ring
+    (``staging_bytes`` in all, whatever the number of shards). The result is
+    in file order, shard by shard, as upstream's per-shard ``load_file``
+    calls would build it.
+
+    ``progress``: ``True`` draws a bar on stderr, ``False`` never, ``None``
+    (default) only when stderr is a terminal and the load is long (over
+    2 s, or 1 GiB or more); a callable is called with ``(bytes_done,
+    bytes_total)``. ``options`` are ``load_file``'s.
+
+    Errors (nothing is returned, everything allocated is freed): an index
+    that maps a tensor to a shard lacking it, or a shard holding a tensor the
+    index maps elsewhere or not at all: ``SafetensorError`` ``INVALID_INDEX``;
+    a tensor in two shards: ``DUPLICATE_NAME``; a missing shard:
+    ``FileNotFoundError``; a malformed shard: its usual code, the message
+    naming the shard.
+    """
+    from safeload import _progress
+
+    _check_backend(options.pop("backend", None))
+    return _loading.load(src, device, progress=_progress.resolve(progress), **options)
 
 
 def read_header(path: str | os.PathLike) -> dict:
     """The validated header of a file: tensors (name, dtype, shape, begin,
     end) in data order, metadata (or None), and the section sizes."""
-    return _C.read_header(os.fspath(path))
+    return _C.read_header(_loading._path_bytes(path))
 
 
-from safeload import reference  # noqa: E402  (submodule, after the API it uses)
+from safeload import reference  # noqa: E402  (submodules, after the API they use)
+from safeload.safe_open import safe_open  # noqa: E402
+from safeload.patch import patch, unpatch  # noqa: E402

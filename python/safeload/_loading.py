@@ -1,17 +1,17 @@
 """The one way Python starts a load: a blocking call or a background handle.
 
 Every public entry point (``load_file``, ``load_checkpoint``, ``safe_open``,
-``load``) goes through here, so options, progress, Ctrl-C and the result's
-key order are handled once.
-
-INTERIM: this version runs every load synchronously through ``_C.load_file``
-one file at a time; the C++ background loader replaces it. The signatures are
-the contract.
+``load``) goes through here, so options, paths, progress, Ctrl-C and the
+result's key order are handled once. The C++ side (``_C.Loading``) validates
+the options and every shard's header, allocates every destination, then reads
+on its own threads; waits release the GIL and poll for signals, so Ctrl-C
+cancels a load within about a tenth of a second, frees what it allocated and
+raises ``KeyboardInterrupt``.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -20,56 +20,151 @@ from safeload._device import DeviceLike, device_string
 
 PathLike = Union[str, bytes, os.PathLike]
 Source = Union[PathLike, Sequence[PathLike]]
-Progress = Union[bool, None, Callable[[int, int], None]]
+ProgressFn = Callable[[int, int], None]
+
+#: The options every load accepts, with their defaults (None: automatic).
+OPTIONS = {"threads": None, "chunk_bytes": None, "staging_bytes": None, "staged": False, "io": "auto"}
+
+
+def _path_bytes(path: PathLike) -> bytes:
+    """A path as the bytes the OS sees (``os.fsencode``), so any name (from
+    ``os.listdir``, with surrogate escapes, or bytes) round-trips. An embedded
+    NUL is a ValueError, as Python's ``open`` raises."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"expected str, bytes or os.PathLike, not {type(path).__name__}")
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError("embedded null byte")
+    return raw
+
+
+def _sources(src: Source) -> Tuple[List[bytes], bytes]:
+    """(files, b"") for an explicit list of files; ([], src) for one path,
+    which the C++ side resolves (file, directory or index)."""
+    if isinstance(src, (list, tuple)):
+        if not src:
+            raise ValueError("an empty list of files names no checkpoint")
+        return [_path_bytes(p) for p in src], b""
+    return [], _path_bytes(src)
+
+
+def _options(options: dict) -> dict:
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise TypeError(f"unexpected load option(s): {', '.join(sorted(unknown))}; "
+                        f"accepted: {', '.join(OPTIONS)}")
+    return {**OPTIONS, **options}
 
 
 def checkpoint_files(src: Source) -> List[str]:
-    """The shard files ``src`` names: a ``.safetensors`` file, a directory
-    (its ``*.safetensors.index.json`` or its single/all ``.safetensors``
-    files), an ``*.index.json``, or a list of files."""
-    if isinstance(src, (list, tuple)):
-        return [os.fsdecode(p) for p in src]
-    return [os.fsdecode(src)]
+    """The shard files ``src`` names, as a load resolves them: a
+    ``.safetensors`` file, a directory (its ``*.safetensors.index.json``, or
+    without one every ``.safetensors`` file in it, sorted), an
+    ``*.index.json``, or a list of files."""
+    files, one = _sources(src)
+    if one:
+        files = _C.resolve_checkpoint(one)[0]
+    return [os.fsdecode(f) for f in files]
 
 
-def load(src: Source, device: DeviceLike = "cpu", *, progress: Progress = None,
-         **options) -> Dict[str, torch.Tensor]:
+def _start(files: List[bytes], one: bytes, device: DeviceLike, only: Optional[List[str]],
+           options: dict) -> "_C.Loading":
+    o = _options(options)
+    return _C.Loading(files, one, device_string(device), o["threads"], o["chunk_bytes"],
+                      o["staging_bytes"], bool(o["staged"]), o["io"], only)
+
+
+def load(src: Source, device: DeviceLike = "cpu", *, progress: Optional[ProgressFn] = None,
+         report: Optional[dict] = None, **options) -> Dict[str, torch.Tensor]:
     """Loads every tensor of every shard of ``src``; blocks until done.
-    Ctrl-C cancels it (KeyboardInterrupt, nothing kept)."""
-    out: Dict[str, torch.Tensor] = {}
-    for path in checkpoint_files(src):
-        out.update(_C.load_file(path, device_string(device), options.get("threads") or 0,
-                                options.get("chunk_bytes") or 0,
-                                options.get("staging_bytes", 256 << 20),
-                                options.get("staged", False), options.get("io", "auto")))
-    return out
+
+    ``progress(bytes_done, bytes_total)`` is called about ten times a second.
+    ``report``, a dict, is filled with what the load did (route, threads,
+    chunk size, reads that bypassed the page cache, ...). The result is in
+    file order, shard by shard, as upstream's ``load_file`` orders one file.
+    """
+    files, one = _sources(src)
+    loading = _start(files, one, device, None, options)
+    try:
+        tensors = loading.wait_all(progress)
+        if report is not None:
+            report.update(loading.report())
+        return dict(tensors)
+    finally:
+        loading.release()
 
 
 class Loading:
-    """A load running in the background. ``wait(name)`` returns one tensor
-    as soon as its bytes are in (reading it in the caller's thread if the
-    background has not reached it); ``close()`` cancels the rest and frees
-    what was not handed out."""
+    """A load of ``src`` running in the background.
 
-    def __init__(self, src: Source, device: DeviceLike = "cpu", *, prefetch: bool = True,
-                 **options):
-        self._tensors: Optional[Dict[str, torch.Tensor]] = load(src, device, **options)
+    With ``prefetch=True`` every tensor is allocated and reading starts at
+    once; ``wait(name)`` returns a tensor as soon as its own bytes are in.
+    With ``prefetch=False`` nothing is read until ``wait(name)`` asks, and
+    then only that tensor (a caller that wants a few tensors pays for those
+    alone). ``close()`` cancels what is still being read and frees every
+    tensor not handed out.
+    """
+
+    def __init__(self, src: Source, device: DeviceLike = "cpu", *, prefetch: bool = True, **options):
+        self._device = device
+        self._options = _options(options)
+        files, one = _sources(src)
+        if prefetch:
+            self._loading: Optional[_C.Loading] = _start(files, one, device, None, self._options)
+            self._names = self._loading.names()
+            self._files = files
+        else:
+            self._loading = None
+            self._files = files or _C.resolve_checkpoint(one)[0]
+            # Names in file order without reading data: validated headers only.
+            self._names = [t[0] for f in self._files for t in _C.read_header(f)["tensors"]]
+            _C.check_options(self._options["threads"], self._options["chunk_bytes"],
+                             self._options["staging_bytes"], bool(self._options["staged"]),
+                             self._options["io"], device_string(device))
+        self._closed = False
 
     def names(self) -> List[str]:
-        """Tensor names in file order (shard by shard)."""
-        assert self._tensors is not None
-        return list(self._tensors)
+        """Every tensor name in file order (shard by shard)."""
+        return list(self._names)
 
     def wait(self, name: str) -> torch.Tensor:
-        assert self._tensors is not None
-        return self._tensors[name]
+        """The tensor ``name``, once its bytes are in. KeyError if absent."""
+        if self._closed:
+            raise ValueError("the load was closed")
+        if self._loading is not None:
+            return self._loading.wait(name)
+        if name not in self._names:
+            raise KeyError(name)
+        one = _start(self._files, b"", self._device, [name], self._options)
+        try:
+            return one.wait(name)
+        finally:
+            one.release()
 
-    def wait_all(self) -> Dict[str, torch.Tensor]:
-        assert self._tensors is not None
-        return dict(self._tensors)
+    def wait_all(self, progress: Optional[ProgressFn] = None) -> Dict[str, torch.Tensor]:
+        """Every tensor, in file order, once all are in."""
+        if self._closed:
+            raise ValueError("the load was closed")
+        if self._loading is None:
+            self._loading = _start(self._files, b"", self._device, None, self._options)
+        return dict(self._loading.wait_all(progress))
 
-    def close(self) -> None:
-        self._tensors = None
+    def done(self) -> bool:
+        return self._loading is not None and self._loading.done()
 
     def report(self) -> dict:
-        return {}
+        """What the background load did so far (empty without one)."""
+        return self._loading.report() if self._loading is not None else {}
+
+    def close(self) -> None:
+        """Cancels reading and frees what was not handed out. Idempotent."""
+        self._closed = True
+        if self._loading is not None:
+            self._loading.release()
+            self._loading = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

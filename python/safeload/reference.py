@@ -11,6 +11,7 @@ from typing import Dict
 import torch
 
 from safeload import _C
+from safeload._loading import _path_bytes
 from safeload._device import DeviceLike, device_string
 
 
@@ -21,4 +22,4 @@ def load_file(path: str | os.PathLike, device: DeviceLike = "cpu") -> Dict[str, 
     with ``Tensor.to(device)``. Raises ``safeload.SafetensorError`` for a
     malformed file and ``OSError`` when the file cannot be read.
     """
-    return _C.reference_load_file(os.fspath(path), device_string(device))
+    return _C.reference_load_file(_path_bytes(path), device_string(device))

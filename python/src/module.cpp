@@ -7,7 +7,10 @@
 #include "safeload/error.h"
 #include "safeload/file.h"
 #include "safeload/header.h"
+#include "safeload/options.h"
 #include "safeload/torch.h"
+
+#include <optional>
 
 namespace py = pybind11;
 
@@ -42,20 +45,112 @@ py::dict header_to_dict(const Header& header) {
   return out;
 }
 
+// A message as Python text: paths in it are bytes of any encoding, shown as
+// os.fsdecode shows them (never a UnicodeDecodeError).
+py::str message_text(const char* what) {
+  PyObject* text = PyUnicode_DecodeFSDefault(what);
+  if (text == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(text);
+}
+
 // Raises the Python exception for `e`: OSError (with errno when known) for
-// I/O failures, safeload.SafetensorError(message, code) for everything else.
+// I/O failures, MemoryError when memory could not be had,
+// safeload.SafetensorError(message, code) for everything else.
 void raise_python(const Error& e) {
+  py::str message = message_text(e.what());
   if (e.code() == ErrorCode::kIo) {
     if (e.sys_errno() != 0) {
-      PyErr_SetObject(PyExc_OSError, py::make_tuple(e.sys_errno(), e.what()).ptr());
+      PyErr_SetObject(PyExc_OSError, py::make_tuple(e.sys_errno(), message).ptr());
     } else {
-      PyErr_SetString(PyExc_OSError, e.what());
+      PyErr_SetObject(PyExc_OSError, message.ptr());
     }
     return;
   }
+  if (e.code() == ErrorCode::kOutOfMemory) {
+    PyErr_SetObject(PyExc_MemoryError, message.ptr());
+    return;
+  }
   py::object cls = py::module_::import("safeload._errors").attr("SafetensorError");
-  py::object instance = cls(e.what(), std::string(e.code_name()));
+  py::object instance = cls(message, std::string(e.code_name()));
   PyErr_SetObject(cls.ptr(), instance.ptr());
+}
+
+// Paths arrive as bytes (os.fsencode), so any file name round-trips.
+using PathBytes = std::string;
+
+// A size option from Python: None is 0 (automatic); a bool or non-integer is
+// a TypeError, as Python's own APIs do; a negative or too large integer is
+// INVALID_ARGUMENT naming it, since validate() cannot see such values.
+std::uint64_t size_option(const char* name, const py::handle& value) {
+  if (value.is_none()) return 0;
+  if (PyBool_Check(value.ptr()) || !PyIndex_Check(value.ptr())) {
+    throw py::type_error(std::string(name) + " must be an int or None, not " +
+                         std::string(py::str(py::type::of(value).attr("__name__"))));
+  }
+  const py::int_ number = py::reinterpret_steal<py::int_>(PyNumber_Index(value.ptr()));
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(number.ptr(), &overflow);
+  if (overflow != 0 || v < 0) {
+    throw Error(ErrorCode::kInvalidArgument, std::string(name) + " must be a non-negative size, got " +
+                                                 std::string(py::str(number)));
+  }
+  return static_cast<std::uint64_t>(v);
+}
+
+LoadOptions make_options(const py::handle& threads, const py::handle& chunk_bytes, const py::handle& staging_bytes,
+                         bool staged, const std::string& io) {
+  LoadOptions options;
+  options.threads = static_cast<std::size_t>(std::min<std::uint64_t>(size_option("threads", threads), SIZE_MAX));
+  options.chunk_bytes = size_option("chunk_bytes", chunk_bytes);
+  options.staging_bytes = staging_bytes.is_none() ? kDefaultStagingBytes : size_option("staging_bytes", staging_bytes);
+  options.staged = staged;
+  options.io = parse_io(io);
+  validate(options);
+  return options;
+}
+
+// Waits for `done(timeout_ms)` with the GIL released, in short slices so a
+// pending signal (Ctrl-C) runs its Python handler within ~0.1 s: then the
+// load is cancelled, its memory released, and the handler's exception
+// raised. `progress` (or None) is called with (bytes_done, bytes_total)
+// after each slice.
+template <class Done>
+void wait_interruptibly(Loading& loading, const py::object& progress, Done done) {
+  constexpr long kSliceMs = 100;
+  for (;;) {
+    bool finished;
+    {
+      py::gil_scoped_release nogil;
+      finished = done(kSliceMs);
+    }
+    if (PyErr_CheckSignals() != 0) {
+      {
+        py::gil_scoped_release nogil;
+        loading.release();
+      }
+      throw py::error_already_set();
+    }
+    if (!progress.is_none()) progress(loading.bytes_done(), loading.bytes_total());
+    if (finished) return;
+  }
+}
+
+py::dict report_to_dict(const LoadReport& r) {
+  py::dict d;
+  d["route"] = r.route;
+  d["io"] = r.io;
+  d["bypass"] = r.bypass;
+  d["files"] = r.files;
+  d["threads"] = r.threads;
+  d["chunk_bytes"] = r.chunk_bytes;
+  d["slot_bytes"] = r.slot_bytes;
+  d["slot_count"] = r.slot_count;
+  d["ops"] = r.ops;
+  d["ops_uncached"] = r.ops_uncached;
+  d["bytes_total"] = r.bytes_total;
+  d["bytes_uncached"] = r.bytes_uncached;
+  d["bytes_done"] = r.bytes_done;
+  return d;
 }
 
 }  // namespace
@@ -85,7 +180,20 @@ PYBIND11_MODULE(_C, m) {
     return out;
   }, "Every stable error code name.");
 
-  m.def("read_header", [](const std::string& path) {
+  m.def("constants", [] {
+    py::dict d;
+    d["max_header_length"] = kMaxHeaderLength;
+    d["max_json_depth"] = kMaxJsonDepth;
+    d["max_threads"] = kMaxThreads;
+    d["min_chunk_bytes"] = kMinChunkBytes;
+    d["max_chunk_bytes"] = kMaxChunkBytes;
+    d["min_staging_bytes"] = kMinStagingBytes;
+    d["max_staging_bytes"] = kMaxStagingBytes;
+    d["default_staging_bytes"] = kDefaultStagingBytes;
+    return d;
+  }, "The format's limits and the options' bounds, from the C++ core.");
+
+  m.def("read_header", [](const PathBytes& path) {
     Header header = [&] {
       py::gil_scoped_release nogil;
       return Header::read(File::open(path));
@@ -93,13 +201,25 @@ PYBIND11_MODULE(_C, m) {
     return header_to_dict(header);
   }, py::arg("path"), "Reads and validates a file's header.");
 
-  m.def("parse_file_bytes", [](py::bytes data, const std::string& path) {
-    std::string_view bytes = data;
-    return header_to_dict(Header::from_bytes(bytes, path));
-  }, py::arg("data"), py::arg("path") = "<bytes>",
-     "Validates a whole file held in memory and returns its header.");
+  m.def("resolve_checkpoint", [](const PathBytes& src) {
+    ResolvedSource r = [&] {
+      py::gil_scoped_release nogil;
+      return resolve_checkpoint(src);
+    }();
+    py::list files;
+    for (const std::string& f : r.files) files.append(py::bytes(f));
+    return py::make_tuple(files, py::bytes(r.index_path));
+  }, py::arg("src"), "The shard files (bytes) a checkpoint source names, and its index (or b'').");
 
-  m.def("reference_load_file", [](const std::string& path, const std::string& device) {
+  m.def("check_options", [](const py::object& threads, const py::object& chunk_bytes,
+                            const py::object& staging_bytes, bool staged, const std::string& io,
+                            const std::string& device) {
+    make_options(threads, chunk_bytes, staging_bytes, staged, io);
+    check_device_usable(parse_device(device));
+  }, py::arg("threads"), py::arg("chunk_bytes"), py::arg("staging_bytes"), py::arg("staged"), py::arg("io"),
+     py::arg("device"), "Validates load options and a device as every load does; raises like a load.");
+
+  m.def("reference_load_file", [](const PathBytes& path, const std::string& device) {
     TensorMap tensors = [&] {
       py::gil_scoped_release nogil;
       return reference::load_file(path, parse_device(device));
@@ -107,29 +227,53 @@ PYBIND11_MODULE(_C, m) {
     return to_dict(std::move(tensors));
   }, py::arg("path"), py::arg("device") = "cpu");
 
-  m.def("load_file", [](const std::string& path, const std::string& device, std::size_t threads,
-                        std::uint64_t chunk_bytes, std::uint64_t staging_bytes, bool staged,
-                        const std::string& io) {
-    LoadOptions options;
-    options.threads = threads;
-    options.chunk_bytes = chunk_bytes;
-    options.staging_bytes = staging_bytes;
-    options.path = staged ? LoadOptions::Path::kStaged : LoadOptions::Path::kAuto;
-    if (io == "auto") {
-      options.io = LoadOptions::Io::kAuto;
-    } else if (io == "cached") {
-      options.io = LoadOptions::Io::kCached;
-    } else if (io == "uncached") {
-      options.io = LoadOptions::Io::kUncached;
-    } else {
-      throw Error(ErrorCode::kInvalidArgument, "io must be 'auto', 'cached' or 'uncached', got '" + io + "'");
-    }
-    TensorMap tensors = [&] {
-      py::gil_scoped_release nogil;
-      return safeload::load_file(path, parse_device(device), options);
-    }();
-    return to_dict(std::move(tensors));
-  }, py::arg("path"), py::arg("device") = "cpu", py::arg("threads") = 0, py::arg("chunk_bytes") = 0,
-     py::arg("staging_bytes") = LoadOptions{}.staging_bytes, py::arg("staged") = false,
-     py::arg("io") = "auto");
+  py::class_<Loading>(m, "Loading", "A load running in the background (see safeload/_loading.py).")
+      .def(py::init([](const std::vector<PathBytes>& files, const PathBytes& src, const std::string& device,
+                       const py::object& threads, const py::object& chunk_bytes, const py::object& staging_bytes,
+                       bool staged, const std::string& io, std::optional<std::vector<std::string>> only) {
+             const LoadOptions options = make_options(threads, chunk_bytes, staging_bytes, staged, io);
+             const c10::Device dev = parse_device(device);
+             py::gil_scoped_release nogil;
+             check_device_usable(dev);
+             Checkpoint checkpoint = files.empty() ? Checkpoint::open(src) : Checkpoint::open(files);
+             return Loading::start(std::move(checkpoint), dev, options, only ? &*only : nullptr);
+           }),
+           py::arg("files"), py::arg("src"), py::arg("device"), py::arg("threads"), py::arg("chunk_bytes"),
+           py::arg("staging_bytes"), py::arg("staged"), py::arg("io"), py::arg("only"),
+           "Starts loading `files` (or, when empty, the checkpoint `src` names).")
+      .def("names", [](const Loading& l) {
+        py::list out;
+        for (std::size_t i = 0; i < l.size(); ++i) out.append(py::str(l.info(i).name));
+        return out;
+      }, "Every tensor name, in file order (shard by shard).")
+      .def("wait", [](Loading& l, const std::string& name) {
+        const std::optional<std::size_t> i = l.find(name);
+        if (!i) throw py::key_error(name);
+        at::Tensor out;
+        wait_interruptibly(l, py::none(), [&](long ms) {
+          out = l.wait(*i, ms);
+          return out.defined();
+        });
+        return out;
+      }, py::arg("name"), "Waits for one tensor's bytes and returns it.")
+      .def("wait_all", [](Loading& l, const py::object& progress) {
+        wait_interruptibly(l, progress, [&](long ms) { return l.wait_done(ms); });
+        std::vector<std::pair<std::string, at::Tensor>> tensors = [&] {
+          py::gil_scoped_release nogil;
+          return l.take_all();
+        }();
+        py::list out;
+        for (auto& [name, t] : tensors) out.append(py::make_tuple(py::str(name), std::move(t)));
+        return out;
+      }, py::arg("progress") = py::none(),
+         "Waits for the whole load; returns [(name, tensor)] in file order.")
+      .def("cancel", &Loading::cancel)
+      .def("release", [](Loading& l) {
+        py::gil_scoped_release nogil;
+        l.release();
+      }, "Cancels, waits for the readers and frees what the load holds.")
+      .def("done", [](Loading& l) { return l.wait_done(0); })
+      .def("bytes_done", &Loading::bytes_done)
+      .def("bytes_total", &Loading::bytes_total)
+      .def("report", [](const Loading& l) { return report_to_dict(l.report()); });
 }

@@ -53,9 +53,10 @@ TEST(Executor, FirstExceptionIsRethrownAndRemainingItemsAreSkipped) {
 }
 
 TEST(Executor, DefaultThreads) {
-  EXPECT_GE(default_threads(), 2u);
-  EXPECT_LE(default_threads(), 16u);
-  EXPECT_EQ(make_executor(0)->concurrency(), default_threads());
+  EXPECT_EQ(default_threads(1), 2u);
+  EXPECT_EQ(default_threads(8), 8u);
+  EXPECT_EQ(default_threads(64), 16u);
+  EXPECT_EQ(make_executor(0)->concurrency(), default_threads(hardware_cores()));
 }
 
 }  // namespace

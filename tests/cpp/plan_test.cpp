@@ -90,8 +90,8 @@ TEST(Plan, ZeroChunkIsInvalidArgument) {
 }
 
 TEST(Plan, DefaultChunkIsAFewMiBAndKeepsThreadsBusy) {
-  EXPECT_EQ(default_chunk_bytes(0, 4), kMinChunkBytes);
-  EXPECT_EQ(default_chunk_bytes(std::uint64_t{1} << 40, 4), kMaxChunkBytes);
+  EXPECT_EQ(default_chunk_bytes(0, 4), kMinAutoChunkBytes);
+  EXPECT_EQ(default_chunk_bytes(std::uint64_t{1} << 40, 4), kMaxAutoChunkBytes);
   const std::uint64_t total = std::uint64_t{256} << 20;
   const std::uint64_t chunk = default_chunk_bytes(total, 8);
   EXPECT_GE(total / chunk, 4u * 8u) << "at least four chunks per thread";

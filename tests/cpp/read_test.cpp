@@ -47,7 +47,7 @@ std::vector<std::string> reference_bytes(const File& file, const Header& h) {
 
 using testing::DeferredTarget;
 
-TEST(ReadDirect, MatchesReferenceForEveryChunkSize) {
+TEST(ReadCached, MatchesReferenceForEveryChunkSize) {
   TempFile tmp(mixed_file());
   const File file = File::open(tmp.path());
   const Header h = Header::read(file);
@@ -57,7 +57,7 @@ TEST(ReadDirect, MatchesReferenceForEveryChunkSize) {
       SCOPED_TRACE(std::to_string(chunk) + " bytes, " + std::to_string(threads) + " threads");
       Buffers out(h);
       auto executor = make_executor(threads);
-      read_direct(file, h, plan_reads(h, chunk), out.ptrs, *executor);
+      read_cached(file, plan_reads(h, chunk), out.ptrs, *executor);
       EXPECT_EQ(out.storage, expected);
     }
   }
@@ -79,12 +79,12 @@ TEST(ReadStaged, MatchesReferenceThroughSyncAndDeferredCopies) {
 
       Buffers sync_out(h);
       HostCopyTarget sync(sync_out.ptrs);
-      read_staged(file, h, plan, slots, sync, *executor);
+      read_staged({Source{&file}}, plan, slots, sync, *executor);
       EXPECT_EQ(sync_out.storage, expected);
 
       Buffers deferred_out(h);
       DeferredTarget deferred(deferred_out.ptrs);
-      read_staged(file, h, plan, slots, deferred, *executor);
+      read_staged({Source{&file}}, plan, slots, deferred, *executor);
       EXPECT_EQ(deferred.reused_before_wait(), 0u) << "slot reused before its copies were waited for";
       EXPECT_EQ(deferred.pending(), 0u) << "every copy is finished on return";
       EXPECT_EQ(deferred_out.storage, expected);
@@ -110,14 +110,14 @@ TEST_F(Uncached, StagedReadsMatchReference) {
   for (std::uint64_t chunk : {1ull, 4095ull, 4096ull, 10007ull, 1ull << 20}) {
     SCOPED_TRACE(chunk);
     const Plan plan = plan_reads(h, chunk);
-    const std::uint64_t slot_bytes = slot_bytes_for(plan, /*uncached=*/true);
+    const std::uint64_t slot_bytes = slot_bytes_for(plan.chunk_bytes, /*uncached=*/true);
     EXPECT_EQ(slot_bytes % kDirectIoAlign, 0u);
     EXPECT_GE(slot_bytes, chunk + kDirectIoAlign);
     const AlignedSlots slots(slot_bytes, 3);
     Buffers out(h);
     HostCopyTarget target(out.ptrs);
     auto executor = make_executor(3);
-    read_staged(file, h, plan, slots.ptrs, target, *executor, &uncached);
+    read_staged({Source{&file, &uncached}}, plan, slots.ptrs, target, *executor);
     EXPECT_EQ(out.storage, expected);
   }
 }
@@ -138,10 +138,11 @@ TEST_F(Uncached, HostReadsMixingCachedAndUncachedOpsMatchReference) {
       for (std::size_t m = 0; m < mixes.size(); ++m) {
         SCOPED_TRACE(::testing::Message() << "chunk " << chunk << ", slots " << slot_count << ", mix " << m);
         const Plan plan = plan_reads(h, chunk);
-        const AlignedSlots slots(slot_bytes_for(plan, /*uncached=*/true), slot_count);
+        const AlignedSlots slots(slot_bytes_for(plan.chunk_bytes, /*uncached=*/true), slot_count);
         Buffers out(h);
         auto executor = make_executor(4);
-        read_host(file, &uncached, CacheMap::from_pages(mixes[m], 4096), h, plan, out.ptrs, slots.ptrs, *executor);
+        const CacheMap cache = CacheMap::from_pages(mixes[m], 4096);
+        read_host({Source{&file, &uncached, &cache}}, plan, out.ptrs, slots.ptrs, *executor);
         EXPECT_EQ(out.storage, expected);
       }
     }
@@ -157,11 +158,11 @@ TEST(ReadHost, TruncatedFileIsIoOnTheUncachedPathToo) {
   const Header h = Header::read(file);
   ASSERT_EQ(::truncate(tmp.path().c_str(), static_cast<off_t>(bytes.size() / 2)), 0);
   const Plan plan = plan_reads(h, 4096);
-  const AlignedSlots slots(slot_bytes_for(plan, /*uncached=*/true), 2);
+  const AlignedSlots slots(slot_bytes_for(plan.chunk_bytes, /*uncached=*/true), 2);
   Buffers out(h);
   auto executor = make_executor(3);
   testing::expect_code(ErrorCode::kIo, [&] {
-    read_host(file, &uncached, CacheMap::uniform(false), h, plan, out.ptrs, slots.ptrs, *executor);
+    read_host({Source{&file, &uncached}}, plan, out.ptrs, slots.ptrs, *executor);
   });
 }
 
@@ -174,13 +175,13 @@ TEST(ReadErrors, FileTruncatedAfterValidationIsIoAndStagingIsDrained) {
 
   Buffers direct_out(h);
   auto executor = make_executor(4);
-  testing::expect_code(ErrorCode::kIo, [&] { read_direct(file, h, plan_reads(h, 4096), direct_out.ptrs, *executor); });
+  testing::expect_code(ErrorCode::kIo, [&] { read_cached(file, plan_reads(h, 4096), direct_out.ptrs, *executor); });
 
   Buffers staged_out(h);
   DeferredTarget deferred(staged_out.ptrs);
   std::vector<std::string> ring(3, std::string(4096, '\0'));
   std::vector<void*> slots = {ring[0].data(), ring[1].data(), ring[2].data()};
-  testing::expect_code(ErrorCode::kIo, [&] { read_staged(file, h, plan_reads(h, 4096), slots, deferred, *executor); });
+  testing::expect_code(ErrorCode::kIo, [&] { read_staged({Source{&file}}, plan_reads(h, 4096), slots, deferred, *executor); });
   EXPECT_EQ(deferred.reused_before_wait(), 0u) << "slot reused before its copies were waited for";
   EXPECT_EQ(deferred.pending(), 0u) << "no copy may still read staging memory after an error";
 }

@@ -1,6 +1,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "safeload/torch.h"
@@ -54,6 +56,9 @@ TEST(TorchAdapter, RejectsUnsupportedDtypeBeforeReading) {
 TEST(TorchAdapter, RejectsInvalidArgument) {
   expect_code(ErrorCode::kInvalidArgument, [] { parse_device("gpu0"); });
   expect_code(ErrorCode::kInvalidArgument, [] { parse_device(""); });
+  expect_code(ErrorCode::kInvalidArgument, [] { parse_device("cpu:1"); });
+  expect_code(ErrorCode::kInvalidArgument, [] { parse_device("meta"); });
+  EXPECT_TRUE(parse_device("cpu:0").is_cpu());
   EXPECT_TRUE(parse_device("cpu").is_cpu());
 }
 
@@ -65,13 +70,13 @@ TEST(Loaders, FastMatchesReferenceOnEveryPathAndAlignsData) {
   TempFile tmp(make_file(header, data));
   const TensorMap ref = reference::load_file(tmp.path());
   LoadOptions staged;
-  staged.path = LoadOptions::Path::kStaged;
-  staged.chunk_bytes = 5;
-  staged.staging_bytes = 64 * 1024;
-  LoadOptions tiny_chunks;
-  tiny_chunks.chunk_bytes = 3;
-  tiny_chunks.threads = 3;
-  for (const LoadOptions& options : {LoadOptions{}, staged, tiny_chunks}) {
+  staged.staged = true;
+  staged.chunk_bytes = kMinChunkBytes + 5;
+  staged.staging_bytes = kMinStagingBytes;
+  LoadOptions small_chunks;
+  small_chunks.chunk_bytes = kMinChunkBytes;
+  small_chunks.threads = 3;
+  for (const LoadOptions& options : {LoadOptions{}, staged, small_chunks}) {
     const TensorMap fast = load_file(tmp.path(), c10::Device("cpu"), options);
     ASSERT_EQ(fast.size(), ref.size());
     for (const auto& [name, r] : ref) {
@@ -86,6 +91,74 @@ TEST(Loaders, FastMatchesReferenceOnEveryPathAndAlignsData) {
   }
   // And both equal the bytes that were written.
   EXPECT_EQ(std::memcmp(ref.at("f64").const_data_ptr(), data.data() + 3, 56), 0);
+}
+
+TEST(Loaders, ZeroElementTensorWhoseStridesWouldOverflowLoads) {
+  // [0, 2^62, 2^62] F32: no element, no byte; torch's contiguous strides overflow.
+  const std::string header = "{" + entry("z", "F32", "0,4611686018427387904,4611686018427387904", 0, 0) + "}";
+  TempFile tmp(make_file(header));
+  for (const TensorMap& m : {load_file(tmp.path()), reference::load_file(tmp.path())}) {
+    const at::Tensor& z = m.at("z");
+    EXPECT_EQ(z.sizes(), (std::vector<std::int64_t>{0, 1ll << 62, 1ll << 62}));
+    EXPECT_EQ(z.numel(), 0);
+    EXPECT_TRUE(z.is_contiguous());
+  }
+}
+
+TEST(Loaders, CheckpointOfTwoFilesEqualsEachFileLoadedAlone) {
+  TempFile a(testing::u8_file({{"a0", 70001}, {"a1", 3}}, 1));
+  TempFile b(testing::u8_file({{"b0", 5}, {"b1", 200000}}, 2));
+  std::unique_ptr<Loading> loading = Loading::start(Checkpoint::open(std::vector<std::string>{a.path(), b.path()}),
+                                                    c10::Device("cpu"));
+  ASSERT_EQ(loading->size(), 4u);
+  EXPECT_EQ(loading->info(2).name, "b0") << "file order, shard by shard";
+  const at::Tensor b1 = loading->wait(*loading->find("b1"));
+  EXPECT_TRUE(b1.equal(reference::load_file(b.path()).at("b1")));
+  const auto all = loading->take_all();
+  ASSERT_EQ(all.size(), 4u);
+  for (const TempFile* f : {&a, &b}) {
+    for (const auto& [name, t] : reference::load_file(f->path())) {
+      const auto it = std::find_if(all.begin(), all.end(), [&](const auto& p) { return p.first == name; });
+      ASSERT_NE(it, all.end()) << name;
+      EXPECT_TRUE(it->second.equal(t)) << name;
+    }
+  }
+  EXPECT_EQ(loading->report().files, 2u);
+  EXPECT_EQ(loading->bytes_done(), loading->bytes_total());
+}
+
+TEST(Loaders, OnlyTheAskedTensorsAreAllocatedAndRead) {
+  TempFile a(testing::u8_file({{"a0", 70001}, {"a1", 3}, {"a2", 99}}, 1));
+  const std::vector<std::string> only = {"a1"};
+  std::unique_ptr<Loading> loading =
+      Loading::start(Checkpoint::open(std::vector<std::string>{a.path()}), c10::Device("cpu"), {}, &only);
+  const auto all = loading->take_all();
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_TRUE(all[0].second.equal(reference::load_file(a.path()).at("a1")));
+  EXPECT_EQ(loading->bytes_total(), 3u);
+  expect_code(ErrorCode::kInvalidArgument, [&] { loading->wait(0); });
+  const std::vector<std::string> ghost = {"ghost"};
+  expect_code(ErrorCode::kInvalidArgument, [&] {
+    Loading::start(Checkpoint::open(std::vector<std::string>{a.path()}), c10::Device("cpu"), {}, &ghost);
+  });
+}
+
+TEST(Loaders, CancellationHookStopsTheLoadWithCancelled) {
+  TempFile a(testing::u8_file({{"a0", 8 << 20}}, 1));
+  LoadOptions options;
+  options.chunk_bytes = kMinChunkBytes;
+  options.threads = 2;
+  std::atomic<int> polls{0};
+  options.cancel = [&] { return ++polls > 10; };
+  expect_code(ErrorCode::kCancelled, [&] { load_file(a.path(), c10::Device("cpu"), options); });
+  EXPECT_LT(polls.load(), 8 << 4) << "stopped long before every chunk was read";
+}
+
+TEST(Loaders, InvalidOptionsAreRejectedBeforeTheFileIsOpened) {
+  LoadOptions options;
+  options.threads = kMaxThreads + 1;
+  expect_code(ErrorCode::kInvalidArgument, [&] { load_file("/nonexistent/file.safetensors", c10::Device("cpu"), options); });
+  expect_code(ErrorCode::kInvalidArgument, [&] { load_file("/nonexistent/file.safetensors", c10::Device("meta")); });
 }
 
 }  // namespace

@@ -21,14 +21,14 @@ from test_reference import MALFORMED, assert_same, raw_bytes, write_raw
 TORCH_FORMATS = [d for d in safeload.DTYPES if not d.startswith("F6")]
 FAST_VARIANTS = {
     "default": {},
-    "tiny-chunks": {"chunk_bytes": 3, "threads": 3},
-    "staged": {"staged": True, "chunk_bytes": 7, "staging_bytes": 64 * 1024},
+    "small-chunks": {"chunk_bytes": 64 << 10, "threads": 3},  # the smallest allowed
+    "staged": {"staged": True, "chunk_bytes": (64 << 10) + 7, "staging_bytes": 1 << 20},
     "staged-default": {"staged": True},
     "one-thread": {"threads": 1},
     # Page-cache bypass (O_DIRECT) through aligned bounce slots, with chunks
     # that leave reads unaligned on both ends.
-    "uncached": {"io": "uncached", "chunk_bytes": 5000},
-    "uncached-staged": {"io": "uncached", "staged": True, "chunk_bytes": 12289, "threads": 2},
+    "uncached": {"io": "uncached", "chunk_bytes": (64 << 10) + 5000},
+    "uncached-staged": {"io": "uncached", "staged": True, "chunk_bytes": (64 << 10) + 12289, "threads": 2},
     "cached": {"io": "cached"},
 }
 
@@ -168,7 +168,7 @@ def test_cold_file_loads_through_the_uncached_path(tmp_path):
         finally:
             os.close(fd)
 
-    for threads, chunk in ((None, None), (3, 65536), (2, 4097)):
+    for threads, chunk in ((None, None), (3, 65536), (2, 65537)):
         evict()
         got = safeload.load_file(path, threads=threads, chunk_bytes=chunk)
         assert set(got) == set(expected)
@@ -224,7 +224,8 @@ def test_errors_leak_no_file_descriptors(tmp_path):
 
 def test_invalid_options_are_rejected(tmp_path):
     path = write_raw(tmp_path / "a.safetensors", b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', b"x")
-    for kw in ({"threads": 0}, {"chunk_bytes": -1}, {"staged": True, "staging_bytes": 100}, {"io": "sometimes"}):
+    for kw in ({"threads": -1}, {"threads": 257}, {"chunk_bytes": -1}, {"chunk_bytes": 4096},
+               {"staged": True, "staging_bytes": 100}, {"io": "sometimes"}):
         with pytest.raises(safeload.SafetensorError) as e:
             safeload.load_file(path, **kw)
         assert e.value.code == "INVALID_ARGUMENT"
@@ -245,7 +246,7 @@ def test_cuda_matches_reference_through_the_staging_ring(tmp_path):
     path = tmp_path / "cuda.safetensors"
     upstream.save_file(tensors, str(path))
     ref = safeload.reference.load_file(path)
-    for kw in ({}, {"staging_bytes": 1 << 20, "chunk_bytes": 65536}, {"threads": 1, "staging_bytes": 64 << 10}):
+    for kw in ({}, {"staging_bytes": 1 << 20, "chunk_bytes": 65536}, {"threads": 1, "staging_bytes": 1 << 20}):
         got = safeload.load_file(path, "cuda", **kw)
         assert all(t.device.type == "cuda" for t in got.values())
         assert_same({k: v.cpu() for k, v in got.items()}, ref)

@@ -1,0 +1,61 @@
+// The fast loader's options and the one place they are checked.
+//
+// Torch-free: every entry point (C++ load_file/load_checkpoint/Loading, the
+// Python binding, safe_open) builds a LoadOptions and calls validate() before
+// it opens a file or allocates anything, so a bad value is reported the same
+// way everywhere: Error(kInvalidArgument) naming the option, the value and the
+// accepted range.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+namespace safeload {
+
+// Bounds of the options. They keep every buffer a load allocates bounded by
+// the tensors themselves plus staging_bytes plus the read plan (at most one
+// op per kMinChunkBytes of data, about 60 bytes each).
+inline constexpr std::size_t kMaxThreads = 256;
+inline constexpr std::uint64_t kMinChunkBytes = 64ull << 10;   // 64 KiB
+inline constexpr std::uint64_t kMaxChunkBytes = 1ull << 30;    // 1 GiB
+inline constexpr std::uint64_t kMinStagingBytes = 1ull << 20;  // 1 MiB
+inline constexpr std::uint64_t kMaxStagingBytes = 1ull << 40;  // 1 TiB
+inline constexpr std::uint64_t kDefaultStagingBytes = 256ull << 20;
+
+struct LoadOptions {
+  // Reader threads; 0 chooses (see fast::decide_policy). 1..kMaxThreads.
+  std::size_t threads = 0;
+  // Bytes per read; 0 chooses. kMinChunkBytes..kMaxChunkBytes.
+  std::uint64_t chunk_bytes = 0;
+  // Host memory for staging slots (device targets) and bounce slots
+  // (uncached reads): the most a load allocates beside the tensors.
+  // kMinStagingBytes..kMaxStagingBytes, and at least chunk_bytes.
+  std::uint64_t staging_bytes = kDefaultStagingBytes;
+  // Force the staged route (through slots and a copy target) even where the
+  // destination is host-writable, so its logic is exercised on every machine.
+  bool staged = false;
+  // Whether reads go through the page cache. kAuto: for host-writable
+  // destinations, bytes the page cache holds are copied from it and the rest
+  // are read with O_DIRECT into bounce slots (no page-cache page is filled
+  // only to be copied once); device targets read through the page cache.
+  // kCached: always through it. kUncached: always bypass it, device targets
+  // included. Where O_DIRECT is unsupported (tmpfs, macOS), the page cache.
+  enum class Io { kAuto, kCached, kUncached } io = Io::kAuto;
+  // Called by reader threads between reads (from several threads at once:
+  // must be thread-safe and cheap); returning true stops the load, which then
+  // throws Error(kCancelled) once every reader has stopped and every buffer
+  // is released.
+  std::function<bool()> cancel;
+};
+
+// Throws Error(kInvalidArgument) for the first option out of its bounds.
+void validate(const LoadOptions& options);
+
+// "auto", "cached" or "uncached"; anything else is Error(kInvalidArgument).
+LoadOptions::Io parse_io(std::string_view io);
+std::string_view io_name(LoadOptions::Io io);
+
+}  // namespace safeload
