@@ -7,6 +7,7 @@ usage error or a loader that cannot start.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from safeload.conformance.adapters import ADAPTERS
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--select", action="append", default=[], metavar="PATTERN",
                    help="run only corpus cases whose name matches this glob (repeatable)")
     p.add_argument("--expected-failures", metavar="FILE", help="expected-failure list ('NAME  # reason' per line)")
-    p.add_argument("--json", metavar="OUT", help="write a machine-readable report here")
+    p.add_argument("--json", metavar="OUT", help="write a machine-readable report here ('-': stdout)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per case before it counts as a hang")
     p.add_argument("--jobs", type=int, default=1, help="worker processes per device (default 1)")
     p.add_argument("--property-cases", type=int, default=200, metavar="N",
@@ -42,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loader whose verdicts the corrupted property cases expect (default: safeload's reference)")
     p.add_argument("--strict-codes", action="store_true",
                    help="also require SafetensorError codes to match the manifest (for safeload's own loaders)")
+    p.add_argument("--checks", default="all", metavar="LIST",
+                   help="named checks to run: 'all' (default), 'none', or a comma-separated list of "
+                        "leak_fds, leak_threads, leak_memory, thread_safety, process_safety, file_independence")
+    p.add_argument("--no-generated", dest="generated", action="store_false",
+                   help="skip the run-time files of tens of MiB across chunk boundaries")
+    p.add_argument("--large", action="store_true",
+                   help="also a tensor and a file over 4 GiB (32-bit offset bugs; needs ~10 GiB of disk and memory)")
+    p.add_argument("--upstream", default="auto", metavar="LOADER",
+                   help="compare key order and error classes with this loader, as information "
+                        "(default: safetensors_torch when installed; 'none' to skip)")
+    p.add_argument("--python", metavar="INTERPRETER",
+                   help="run the loader under this Python (e.g. a virtual environment with another version of a peer)")
+    p.add_argument("--coverage", action="store_true",
+                   help="print only the dtype coverage matrix of the valid cases (with --json -, as JSON on stdout)")
     p.add_argument("-v", "--verbose", action="store_true", help="also list expected failures and implementation-defined behaviour")
     return p
 
@@ -58,16 +73,42 @@ def main(argv: list[str] | None = None) -> int:
     from safeload.conformance.expected import ExpectedFailuresError, load_expected_failures
     from safeload.conformance.runner import LoaderUnavailable, WorkerStartError, run
 
+    from safeload.conformance.cases import ACCEPT
+    from safeload.conformance.checks import CHECKS
+
     loader = _spec(args.loader)
+    if args.checks == "all":
+        checks = list(CHECKS)
+    elif args.checks == "none":
+        checks = []
+    else:
+        checks = [c.strip() for c in args.checks.split(",") if c.strip()]
+        unknown = [c for c in checks if c not in CHECKS]
+        if unknown:
+            print(f"safeload conform: unknown checks {unknown}; known: {', '.join(CHECKS)}", file=sys.stderr)
+            return 2
     try:
         cases = load_corpus(args.cases, args.select)
         xfail = load_expected_failures(args.expected_failures)
     except (OSError, ValueError, ExpectedFailuresError) as e:
         print(f"safeload conform: {e}", file=sys.stderr)
         return 2
-    if not cases and args.property_cases <= 0:
+    if args.coverage:  # only what says something about dtypes
+        cases = [c for c in cases if c.expect == ACCEPT]
+        checks = []
+    if not cases and args.property_cases <= 0 and not args.generated:
         print("safeload conform: no cases selected", file=sys.stderr)
         return 2
+    upstream = None if args.upstream == "none" or args.coverage else args.upstream
+    if upstream == "auto":
+        upstream = None
+        if loader != _spec("safetensors_torch") and not args.select:
+            import importlib.util
+
+            if importlib.util.find_spec("safetensors") is not None:
+                upstream = _spec("safetensors_torch")
+    elif upstream is not None:
+        upstream = _spec(upstream)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -84,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             property_cases=max(0, args.property_cases),
             seed=args.seed,
             reference=_spec(args.reference),
+            checks=checks,
+            generated=args.generated,
+            large=args.large,
+            upstream=upstream,
+            python=args.python,
             log=log,
         )
     except LoaderUnavailable as e:
@@ -92,9 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerStartError as e:
         print(f"safeload conform: {e}", file=sys.stderr)
         return 2
-    print(report.render(verbose=args.verbose))
-    if args.json:
-        report.write_json(args.json)
+    if args.coverage:
+        if args.json == "-":
+            print(json.dumps(report.coverage_json(), indent=1))
+        else:
+            print(report.render_coverage())
+            if args.json:
+                with open(args.json, "w", encoding="utf-8") as f:
+                    json.dump(report.coverage_json(), f, indent=1)
+        return 0 if report.ok else 1
+    if args.json == "-":
+        print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+    else:
+        print(report.render(verbose=args.verbose))
+        if args.json:
+            report.write_json(args.json)
     return 0 if report.ok else 1
 
 

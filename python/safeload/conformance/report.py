@@ -1,5 +1,5 @@
-"""Results, the summary table, the dtype x device coverage matrix and the
-machine-readable report."""
+"""Results, the summary table, the dtype x device coverage matrix, the
+information on differences from upstream, and the machine-readable report."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from safeload.conformance.cases import ACCEPT, Case
+from safeload.conformance.cases import ACCEPT, TORCH_DTYPES, Case
 
 PASSED = "passed"
 FAILED = "failed"
@@ -15,6 +15,9 @@ XFAIL = "expected-failure"
 XPASS = "unexpected-pass"
 IMPL_DEFINED = "implementation-defined"
 OUTCOMES = (PASSED, FAILED, XFAIL, XPASS, IMPL_DEFINED)
+
+# Coverage cell states, worst first.
+CELL_FAIL, CELL_XFAIL, CELL_OK, CELL_NONE = "FAIL", "xfail", "ok", "--"
 
 
 @dataclasses.dataclass
@@ -25,6 +28,11 @@ class Result:
     detail: str
     seconds: float
     observation: dict[str, Any] | None = None
+    # tensor name (None: the whole file) -> names of the checks that failed
+    failed_checks: dict[str | None, list[str]] = dataclasses.field(default_factory=dict)
+
+    def check_names(self) -> list[str]:
+        return sorted({c for cs in self.failed_checks.values() for c in cs})
 
     def to_json(self) -> dict[str, Any]:
         obs = self.observation or {}
@@ -35,11 +43,36 @@ class Result:
             "device": self.device,
             "outcome": self.outcome,
             "detail": self.detail,
+            "failed_checks": self.check_names(),
             "seconds": round(self.seconds, 4),
             "accepted": obs.get("accepted"),
             "error_type": obs.get("error_type"),
             "error_code": obs.get("error_code"),
         }
+
+
+@dataclasses.dataclass
+class Cell:
+    passed: int = 0
+    failed: int = 0
+    xfailed: int = 0
+    reasons: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.failed + self.xfailed
+
+    @property
+    def state(self) -> str:
+        if self.failed:
+            return CELL_FAIL
+        if self.xfailed:
+            return CELL_XFAIL
+        return CELL_OK if self.passed else CELL_NONE
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "passed": self.passed, "failed": self.failed, "expected_failures": self.xfailed,
+                "total": self.total, "reasons": self.reasons[:3]}
 
 
 @dataclasses.dataclass
@@ -51,6 +84,11 @@ class Report:
     expected_failures: dict[str, str] = dataclasses.field(default_factory=dict)
     results: list[Result] = dataclasses.field(default_factory=list)
     stale_expected: list[str] = dataclasses.field(default_factory=list)
+    # what was compared with upstream, and where the loader differs (not judged)
+    upstream: str | None = None
+    info: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
+    # (what, why) for checks that could not run
+    not_run: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def add(self, result: Result) -> None:
         self.results.append(result)
@@ -70,17 +108,60 @@ class Report:
     def by_name(self, device: str | None = None) -> dict[str, Result]:
         return {r.case.name: r for r in self.results if device is None or r.device == device}
 
-    def matrix(self) -> dict[str, dict[str, tuple[int, int]]]:
-        """dtype -> device -> (passed, total) over cases that must load."""
-        m: dict[str, dict[str, list[int]]] = {}
-        for r in self.results:
-            if r.case.expect != ACCEPT:
+    def failed_checks(self) -> Counter:
+        """Check name -> number of unexpected failures it caught."""
+        return Counter(c for r in self.results if r.outcome == FAILED for c in r.check_names())
+
+    def coverage(self) -> dict[str, dict[str, Cell]]:
+        """dtype -> device -> Cell over the valid cases.
+
+        A failure is charged to the dtypes of the tensors it concerns: a
+        tensor with wrong bytes marks its own dtype only. A valid file
+        rejected (or crashed on) as a whole is charged to its dtypes that
+        fail on their own in single-dtype files of the same run; if none
+        does, to all of its dtypes (the run cannot tell which). Expected
+        failures count as such, never as FAIL."""
+        m: dict[str, dict[str, Cell]] = {}
+        valid = [r for r in self.results if r.case.expect == ACCEPT and r.case.tensors is not None
+                 and r.case.origin != "check"]
+        alone_bad: dict[str, set[str]] = {}
+        for r in valid:
+            if len(r.case.dtypes()) == 1 and r.outcome in (FAILED, XFAIL):
+                alone_bad.setdefault(r.device, set()).update(r.case.dtypes())
+        for r in valid:
+            dtypes = r.case.dtypes()
+            row = lambda d: m.setdefault(d, {}).setdefault(r.device, Cell())  # noqa: E731
+            if r.outcome in (PASSED, XPASS, IMPL_DEFINED):
+                for d in dtypes:
+                    row(d).passed += 1
                 continue
-            for dtype in r.case.dtypes():
-                cell = m.setdefault(dtype, {}).setdefault(r.device, [0, 0])
-                cell[1] += 1
-                cell[0] += r.outcome == PASSED
-        return {d: {dev: (p, t) for dev, (p, t) in row.items()} for d, row in m.items()}
+            charged: set[str] = set()
+            whole = r.failed_checks.get(None, [])
+            per_tensor = {n: cs for n, cs in r.failed_checks.items() if n is not None}
+            for name in per_tensor:
+                t = (r.case.tensors or {}).get(name)
+                if t is not None:
+                    charged.add(t.dtype)
+            if whole or not per_tensor:
+                if len(dtypes) == 1:
+                    charged |= dtypes
+                else:
+                    culprits = dtypes & alone_bad.get(r.device, set())
+                    charged |= culprits or dtypes
+            for d in dtypes:
+                cell = row(d)
+                if d not in charged:
+                    cell.passed += 1
+                elif r.outcome == XFAIL:
+                    cell.xfailed += 1
+                else:
+                    cell.failed += 1
+                    cell.reasons.append(f"{r.case.name}: {r.detail[:160]}")
+        return m
+
+    def matrix(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """dtype -> device -> (passed, total): the short form of :meth:`coverage`."""
+        return {d: {dev: (c.passed, c.total) for dev, c in row.items()} for d, row in self.coverage().items()}
 
     def summary_table(self) -> str:
         c = self.counts()
@@ -94,28 +175,51 @@ class Report:
         ]
         width = max(len(k) for k, _ in rows)
         lines = [f"{k:<{width}}  {v:>6}" for k, v in rows]
+        checks = self.failed_checks()
+        if checks:
+            lines += ["", "failures by check: " + ", ".join(f"{k} {v}" for k, v in sorted(checks.items()))]
         return "\n".join(lines)
 
-    def matrix_table(self) -> str:
-        m = self.matrix()
-        if not m:
+    def matrix_table(self, reasons: bool = False) -> str:
+        cov = self.coverage()
+        if not cov:
             return "(no valid cases ran)"
-        from safeload.conformance.cases import TORCH_DTYPES
-
         order = {d: i for i, d in enumerate(TORCH_DTYPES)}
-        dtypes = sorted(m, key=lambda d: (order.get(d, len(order)), d))
-        devices = self.devices
+        dtypes = sorted(cov, key=lambda d: (order.get(d, len(order)), d))
         width = max(len(d) for d in dtypes + ["dtype"])
-        header = f"{'dtype':<{width}}  " + "  ".join(f"{dev:>12}" for dev in devices)
+        header = f"{'dtype':<{width}}  " + "  ".join(f"{dev:>14}" for dev in self.devices)
         lines = [header, "-" * len(header)]
         for d in dtypes:
             cells = []
-            for dev in devices:
-                p, t = m[d].get(dev, (0, 0))
-                mark = "ok" if p == t and t else ("--" if not t else "FAIL")
-                cells.append(f"{mark + ' ' + str(p) + '/' + str(t):>12}")
-            lines.append(f"{d:<{width}}  " + "  ".join(cells))
+            why = ""
+            for dev in self.devices:
+                c = cov[d].get(dev, Cell())
+                cells.append(f"{c.state + ' ' + str(c.passed) + '/' + str(c.total):>14}")
+                if reasons and c.reasons and not why:
+                    why = "   " + c.reasons[0]
+            lines.append(f"{d:<{width}}  " + "  ".join(cells) + why)
         return "\n".join(lines)
+
+    def coverage_json(self) -> dict[str, Any]:
+        return {"loader": self.loader, "devices": self.devices, "ok": self.ok, "seed": self.seed,
+                "coverage": {d: {dev: c.to_json() for dev, c in row.items()} for d, row in self.coverage().items()}}
+
+    def render_coverage(self) -> str:
+        """The coverage matrix alone, read at a glance: one row per dtype."""
+        cov = self.coverage()
+        bad = sorted(d for d, row in cov.items() if any(c.state == CELL_FAIL for c in row.values()))
+        x = sorted(d for d, row in cov.items() if any(c.state == CELL_XFAIL for c in row.values()))
+        out = [f"dtype coverage of {self.loader} on {', '.join(self.devices)} "
+               "(valid files: tensors of the dtype loaded correctly / files with the dtype)", "",
+               self.matrix_table(reasons=True), "",
+               "ok: every file loaded the dtype correctly; FAIL: some did not (first reason shown); "
+               "xfail: listed as an expected failure; --: not run"]
+        missing = [d for d in TORCH_DTYPES if d not in cov]
+        if missing:
+            out.append("dtypes no case covered: " + ", ".join(missing))
+        out.append("COVERAGE: " + ("FAIL (" + ", ".join(bad) + ")" if bad else "OK")
+                   + (f"; expected failures: {', '.join(x)}" if x else ""))
+        return "\n".join(out)
 
     def implementation_defined(self) -> list[Result]:
         return [r for r in self.results if r.outcome == IMPL_DEFINED]
@@ -129,8 +233,13 @@ class Report:
             "seed": self.seed,
             "property_cases": self.property_cases,
             "summary": {k: c[k] for k in OUTCOMES} | {"total": len(self.results)},
+            "failed_checks": dict(self.failed_checks()),
             "matrix": {d: {dev: {"passed": p, "total": t} for dev, (p, t) in row.items()}
                        for d, row in self.matrix().items()},
+            "coverage": self.coverage_json()["coverage"],
+            "upstream": self.upstream,
+            "differences_from_upstream": {k: [{"case": n, "detail": d} for n, d in v] for k, v in self.info.items()},
+            "not_run": [{"what": w, "why": y} for w, y in self.not_run],
             "stale_expected_failures": self.stale_expected,
             "results": [r.to_json() for r in self.results],
         }
@@ -140,14 +249,33 @@ class Report:
             json.dump(self.to_json(), f, indent=1, ensure_ascii=False)
             f.write("\n")
 
+    def render_info(self) -> list[str]:
+        if not self.upstream:
+            return []
+        out = ["", f"differences from upstream ({self.upstream}; information, not part of the verdict):"]
+        labels = {"key_order": "key order of the returned mapping", "error_class": "error class for malformed files"}
+        for key, label in labels.items():
+            items = self.info.get(key, [])
+            out.append(f"  {label}: " + ("same in every case" if not items else f"differs in {len(items)} cases"))
+            out += [f"    {n}: {d}" for n, d in items[:5]]
+            if len(items) > 5:
+                out.append(f"    ... and {len(items) - 5} more (see --json)")
+        return out
+
     def render(self, verbose: bool = False) -> str:
         out = [f"loader: {self.loader}   devices: {', '.join(self.devices)}"]
         if self.seed is not None:
-            out.append(f"property cases: {self.property_cases} from seed {self.seed} (reproduce with --seed {self.seed})")
+            out.append(f"seed {self.seed} (property cases: {self.property_cases}; reproduce with --seed {self.seed})")
         fails = self.failures()
         if fails:
             out += ["", "failures:"]
             out += [f"  {r.case.name} [{r.device}]: {r.detail}" for r in sorted(fails, key=lambda r: r.case.name)]
+        checks = [r for r in self.results if r.case.origin == "check"]
+        if checks:
+            out += ["", "checks:"]
+            out += [f"  {r.case.name:<24} [{r.device}] {r.outcome}: {r.detail}" for r in checks]
+        for what, why in self.not_run:
+            out.append(f"  not run: {what}: {why}")
         if verbose:
             xf = [r for r in self.results if r.outcome == XFAIL]
             if xf:
@@ -157,8 +285,9 @@ class Report:
             if impl:
                 out += ["", "implementation-defined (recorded, not judged):"]
                 out += [f"  {r.case.name} [{r.device}]: {r.detail}" for r in impl]
+        out += self.render_info()
         if self.stale_expected:
             out += ["", "expected-failure entries that matched no case: " + ", ".join(self.stale_expected)]
-        out += ["", self.summary_table(), "", "coverage (valid cases passed / run, by dtype and device):",
+        out += ["", self.summary_table(), "", "coverage (valid files whose tensors of the dtype loaded correctly / run):",
                 self.matrix_table(), "", "RESULT: " + ("OK" if self.ok else "FAILED")]
         return "\n".join(out)

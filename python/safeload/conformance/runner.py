@@ -51,7 +51,7 @@ def _signal_name(code: int) -> str:
 class Worker:
     """One worker process for one loader."""
 
-    def __init__(self, loader: str, log_dir: str, env: dict[str, str] | None = None):
+    def __init__(self, loader: str, log_dir: str, env: dict[str, str] | None = None, python: str | None = None):
         self.loader = loader
         req_r, self._req_w = os.pipe()
         self._resp_r, resp_w = os.pipe()
@@ -63,7 +63,7 @@ class Worker:
         environ.setdefault("PYTHONFAULTHANDLER", "1")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "safeload.conformance.worker", "--loader", loader,
+                [python or sys.executable, "-m", "safeload.conformance.worker", "--loader", loader,
                  "--in-fd", str(req_r), "--out-fd", str(resp_w)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 pass_fds=(req_r, resp_w), env=environ, start_new_session=True,
@@ -130,6 +130,10 @@ class Worker:
         except OSError:
             return ""
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -166,29 +170,58 @@ def _device_matches(observed: str, requested: str) -> bool:
     return not req_index or req_index == obs_index
 
 
+def make_worker(loader: str, workdir: str, python: str | None = None):
+    """A Python worker for ``MODULE:FUNC``, or an executable testee for ``exec:CMD``."""
+    from safeload.conformance.testee import ExecWorker, is_exec
+
+    if is_exec(loader):
+        return ExecWorker(loader, workdir, STARTUP_TIMEOUT)
+    return Worker(loader, workdir, python=python)
+
+
 def judge(case: Case, device: str, obs: dict[str, Any] | None, failure: str, strict_codes: bool) -> tuple[bool | None, str]:
     """(passed, detail); passed is None for implementation-defined cases that
     did not crash (their behaviour is only recorded)."""
+    passed, detail, _ = judge_checks(case, device, obs, failure, strict_codes)
+    return passed, detail
+
+
+def judge_checks(case: Case, device: str, obs: dict[str, Any] | None, failure: str,
+                 strict_codes: bool) -> tuple[bool | None, str, dict[str | None, list[str]]]:
+    """Like :func:`judge`, plus the failed checks: tensor name (None for the
+    whole file) -> names of the checks that failed for it."""
     if obs is None:
-        return False, failure
+        return False, failure, {None: ["crash" if "crash" in failure else "hang" if "timed out" in failure else "worker"]}
     if case.expect == IMPL:
         if obs["accepted"]:
             names = sorted(obs.get("tensors", {}))
             same = case.tensors is not None and _compare(case, device, obs) == []
-            return None, f"accepted ({len(names)} tensors{', as the lenient reading expects' if same else ''})"
-        return None, f"rejected: {_describe_error(obs)}"
+            return None, f"accepted ({len(names)} tensors{', as the lenient reading expects' if same else ''})", {}
+        return None, f"rejected: {_describe_error(obs)}", {}
     if case.expect == REJECT:
         if obs["accepted"]:
-            return False, f"accepted a malformed file (returned {len(obs.get('tensors', {}))} tensors)"
+            return False, f"accepted a malformed file (returned {len(obs.get('tensors', {}))} tensors)", {None: ["rejects_malformed"]}
         if strict_codes and case.error and obs.get("error_code") != case.error:
-            return False, f"rejected with code {obs.get('error_code')!r}, expected {case.error!r}: {obs.get('error')}"
-        return True, f"rejected: {_describe_error(obs)}"
+            return (False, f"rejected with code {obs.get('error_code')!r}, expected {case.error!r}: {obs.get('error')}",
+                    {None: ["error_code"]})
+        return True, f"rejected: {_describe_error(obs)}", {}
     if not obs["accepted"]:
-        return False, f"rejected a valid file: {_describe_error(obs)}"
-    problems = _compare(case, device, obs) + list(obs.get("problems", []))
-    if problems:
-        return False, "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-    return True, f"{len(obs['tensors'])} tensors identical"
+        return False, f"rejected a valid file: {_describe_error(obs)}", {None: ["accepts_valid"]}
+    found = _compare(case, device, obs)
+    found += [("result", None, p) for p in obs.get("problems", [])]
+    for check, msgs in sorted(obs.get("checks", {}).items()):
+        for m in msgs:
+            name = m.split("'")[1] if m.startswith("'") and m.count("'") >= 2 else None
+            found.append((check, name, m))
+    if found:
+        problems = [f"[{check}] {msg}" for check, _, msg in found if msg]
+        failed: dict[str | None, list[str]] = {}
+        for check, name, _ in found:
+            if check not in failed.setdefault(name, []):
+                failed[name].append(check)
+        detail = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        return False, detail, failed
+    return True, f"{len(obs['tensors'])} tensors identical", {}
 
 
 def _describe_error(obs: dict[str, Any]) -> str:
@@ -196,38 +229,41 @@ def _describe_error(obs: dict[str, Any]) -> str:
     return f"{obs.get('error_type')}{code}: {obs.get('error', '')[:200]}"
 
 
-def _compare(case: Case, device: str, obs: dict[str, Any]) -> list[str]:
-    got = obs.get("tensors", {})
+def expected_view(case: Case) -> dict[str, dict[str, Any]]:
+    """Torch-side expectation per tensor: dtype, shape, sha256."""
     if case.observed is not None:
-        want = {k: dict(v) for k, v in case.observed.items()}
-    else:
-        want = {}
-        for name, t in (case.tensors or {}).items():
-            want[name] = {"dtype": t.torch_dtype, "shape": None if t.torch_shape is None else list(t.torch_shape),
-                          "sha256": t.sha256, "format_dtype": t.dtype}
-    problems = []
+        return {k: dict(v) for k, v in case.observed.items()}
+    want = {}
+    for name, t in (case.tensors or {}).items():
+        want[name] = {"dtype": t.torch_dtype, "shape": None if t.torch_shape is None else list(t.torch_shape),
+                      "sha256": t.sha256, "format_dtype": t.dtype}
+    return want
+
+
+def _compare(case: Case, device: str, obs: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    """(check, tensor name or None, message) for every difference."""
+    got = obs.get("tensors", {})
+    want = expected_view(case)
+    problems: list[tuple[str, str | None, str]] = []
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     if missing:
-        problems.append(f"missing tensors {_names(missing)}")
+        problems.append(("names", None, f"missing tensors {_names(missing)}"))
+        problems += [("names", name, "") for name in missing]  # attributes the failure to each tensor's dtype
     if extra:
-        problems.append(f"unexpected tensors {_names(extra)}")
+        problems.append(("names", None, f"unexpected tensors {_names(extra)}"))
     for name in sorted(set(want) & set(got)):
         w, g = want[name], got[name]
         if w["dtype"] != g["dtype"]:
-            problems.append(f"{name!r}: dtype {g['dtype']}, expected {w['dtype']}")
+            problems.append(("dtype", name, f"{name!r}: dtype {g['dtype']}, expected {w['dtype']}"))
         if w["shape"] != g["shape"]:
-            problems.append(f"{name!r}: shape {g['shape']}, expected {w['shape']}")
+            problems.append(("shape", name, f"{name!r}: shape {g['shape']}, expected {w['shape']}"))
         if not _device_matches(g["device"], device):
-            problems.append(f"{name!r}: on device {g['device']}, expected {device}")
+            why = " (wrong device index)" if g["device"].partition(":")[0] == device.partition(":")[0] else ""
+            problems.append(("device", name, f"{name!r}: on device {g['device']}, expected {device}{why}"))
         if w["sha256"] != g["sha256"]:
-            problems.append(f"{name!r}: bytes differ from the file's")
+            problems.append(("bytes", name, f"{name!r}: bytes differ from the file's"))
     return problems
-
-
-def _names(names: list[str], n: int = 5) -> str:
-    shown = ", ".join(repr(x) for x in names[:n])
-    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _run_cases(
@@ -239,6 +275,7 @@ def _run_cases(
     jobs: int,
     workdir: str,
     ownership: bool = True,
+    python: str | None = None,
     on_result: Callable[[Case, dict[str, Any] | None, str, float], None],
 ) -> None:
     """Feed cases to ``jobs`` workers; report each (case, obs, failure, seconds)."""
@@ -249,7 +286,7 @@ def _run_cases(
     lock = threading.Lock()
 
     def drive(slot: int) -> None:
-        worker: Worker | None = None
+        worker: Any = None
         private = Path(workdir) / f"{device.replace(':', '_')}-{slot}"
         private.mkdir(parents=True, exist_ok=True)
         try:
@@ -259,7 +296,7 @@ def _run_cases(
                 except queue.Empty:
                     return
                 if worker is None or not worker.alive():
-                    worker = Worker(loader, workdir)
+                    worker = make_worker(loader, workdir, python)
                 copy = private / (case.name + ".safetensors")
                 shutil.copyfile(case.path, copy)
                 t0 = time.monotonic()
@@ -309,15 +346,37 @@ def run(
     property_cases: int = 0,
     seed: int = 0,
     reference: str = "safeload.conformance.adapters.safeload_reference:load_file",
+    checks: Sequence[str] = (),
+    generated: bool = False,
+    large: bool = False,
+    upstream: str | None = None,
+    python: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Report:
-    """Run ``loader`` (a ``MODULE:FUNC`` spec) over ``cases`` on each device,
-    plus ``property_cases`` Hypothesis-generated cases from ``seed`` whose
-    verdicts come from ``reference``. Raises LoaderUnavailable if the loader
-    cannot be imported."""
+    """Run ``loader`` (a ``MODULE:FUNC`` spec, or ``exec:CMD`` for an
+    executable testee) over ``cases`` on each device, plus:
+
+    - ``property_cases`` Hypothesis-generated cases from ``seed`` whose
+      verdicts on corrupted files come from ``reference``;
+    - with ``generated``, run-time files of tens of MiB across chunk
+      boundaries (and with ``large``, a tensor and a file over 4 GiB);
+    - the named ``checks`` (see :data:`safeload.conformance.checks.CHECKS`):
+      leaks, thread and process safety, independence from the file;
+    - with ``upstream`` (a loader spec), the key order and error class of
+      every case compared with that loader's, as information.
+
+    ``python`` runs the loader's worker under another interpreter (e.g. a
+    virtual environment with another version of a peer). Raises
+    LoaderUnavailable if the loader cannot be imported."""
+    from safeload.conformance import checks as checks_mod
+
     log = log or (lambda s: None)
     expected_failures = dict(expected_failures or {})
-    report = Report(loader=loader, devices=list(devices), seed=seed if property_cases else None,
+    unknown = sorted(set(checks) - set(checks_mod.CHECKS))
+    if unknown:
+        raise ValueError(f"unknown checks {unknown}; known: {', '.join(checks_mod.CHECKS)}")
+    use_seed = property_cases or generated or checks
+    report = Report(loader=loader, devices=list(devices), seed=seed if use_seed else None,
                     property_cases=property_cases, expected_failures=expected_failures)
     with tempfile.TemporaryDirectory(prefix="safeload-conform-") as workdir:
         all_cases = list(cases)
@@ -325,35 +384,102 @@ def run(
             from safeload.conformance import properties
 
             log(f"property cases: {property_cases} from seed {seed} (reproduce with --seed {seed})")
-            generated = properties.generate(seed, property_cases, Path(workdir) / "property")
+            generated_cases = properties.generate(seed, property_cases, Path(workdir) / "property")
             try:
                 all_cases += properties.with_reference_verdicts(
-                    generated, reference, timeout=timeout, jobs=jobs, workdir=workdir, run_cases=_run_cases, log=log
+                    generated_cases, reference, timeout=timeout, jobs=jobs, workdir=workdir, run_cases=_run_cases, log=log
                 )
             except (LoaderUnavailable, WorkerStartError) as e:
                 log(f"reference loader {reference} unavailable, corrupted property cases skipped: {e}")
-                all_cases += [c for c in generated if c.tensors is not None]
+                all_cases += [c for c in generated_cases if c.tensors is not None]
+        gen_dir = Path(workdir) / "generated"
+        gen_dir.mkdir()
+        medium = None
+        if generated or large or checks:
+            from safeload.conformance import generated as gen
+
+            log(f"generated cases from seed {seed} (reproduce with --seed {seed})")
+            medium = gen.medium_case(seed, gen_dir)
+            if generated:
+                all_cases.append(gen.chunk_case(seed, gen_dir))
+            if large:
+                log("writing the over-4-GiB case (--large)")
+                all_cases.append(gen.over_4gib_case(seed, gen_dir))
         for device in devices:
             def on_result(case: Case, obs: dict[str, Any] | None, failure: str, seconds: float,
                           device: str = device) -> None:
-                passed, detail = judge(case, device, obs, failure, strict_codes)
-                listed = case.name in expected_failures
-                if passed is None:
-                    outcome = IMPL_DEFINED
-                elif passed:
-                    outcome = XPASS if listed else PASSED
-                else:
-                    outcome = XFAIL if listed else FAILED
-                if outcome == XPASS:
-                    detail = f"passes but is listed as an expected failure ({expected_failures[case.name]}); remove it from the list"
-                elif outcome == XFAIL:
-                    detail = f"{detail} (expected: {expected_failures[case.name]})"
-                report.add(Result(case=case, device=device, outcome=outcome, detail=detail, seconds=seconds,
-                                  observation=obs))
-                if outcome in (FAILED, XPASS):
-                    log(f"FAIL {case.name} [{device}]: {detail}")
+                passed, detail, failed = judge_checks(case, device, obs, failure, strict_codes)
+                _record(report, expected_failures, case, device, passed, detail, failed, seconds, obs, log)
 
-            _run_cases(loader, device, all_cases, timeout=timeout, jobs=jobs, workdir=workdir, on_result=on_result)
-        seen = {c.name for c in all_cases}
+            _run_cases(loader, device, all_cases, timeout=timeout, jobs=jobs, workdir=workdir, python=python,
+                       on_result=on_result)
+            if checks:
+                for case, passed, detail, seconds in checks_mod.run_checks(
+                        loader, device, checks, all_cases, medium, timeout=timeout, workdir=workdir, python=python,
+                        log=log, not_run=report.not_run):
+                    failed = {None: [case.name.removeprefix("check.")]} if passed is False else {}
+                    _record(report, expected_failures, case, device, passed, detail, failed, seconds, None, log)
+        if upstream:
+            report.upstream = upstream
+            _compare_upstream(report, upstream, all_cases, devices[0], timeout=timeout, jobs=jobs, workdir=workdir,
+                              log=log)
+        seen = {r.case.name for r in report.results}
         report.stale_expected = sorted(n for n in expected_failures if n not in seen)
     return report
+
+
+def _record(report: Report, expected_failures: dict[str, str], case: Case, device: str, passed: bool | None,
+            detail: str, failed: dict[str | None, list[str]], seconds: float, obs: dict[str, Any] | None,
+            log: Callable[[str], None]) -> None:
+    listed = case.name in expected_failures
+    if passed is None:
+        outcome = IMPL_DEFINED
+    elif passed:
+        outcome = XPASS if listed else PASSED
+    else:
+        outcome = XFAIL if listed else FAILED
+    if outcome == XPASS:
+        detail = f"passes but is listed as an expected failure ({expected_failures[case.name]}); remove it from the list"
+    elif outcome == XFAIL:
+        detail = f"{detail} (expected: {expected_failures[case.name]})"
+    report.add(Result(case=case, device=device, outcome=outcome, detail=detail, seconds=seconds,
+                      observation=obs, failed_checks=failed))
+    if outcome in (FAILED, XPASS):
+        log(f"FAIL {case.name} [{device}]: {detail}")
+
+
+def _compare_upstream(report: Report, upstream: str, cases: Sequence[Case], device: str, *, timeout: float,
+                      jobs: int, workdir: str, log: Callable[[str], None]) -> None:
+    """Information, not a verdict: where the loader's key order or error class
+    differs from ``upstream``'s on the same files."""
+    theirs: dict[str, dict[str, Any]] = {}
+
+    def on_result(case: Case, obs: dict[str, Any] | None, failure: str, seconds: float) -> None:
+        if obs is not None:
+            theirs[case.name] = obs
+
+    try:
+        _run_cases(upstream, device, [c for c in cases if c.origin != "generated"], timeout=timeout, jobs=jobs,
+                   workdir=workdir, ownership=False, on_result=on_result)
+    except (LoaderUnavailable, WorkerStartError) as e:
+        report.not_run.append(("upstream comparison", f"{upstream} unavailable: {e}"))
+        return
+    for r in report.results:
+        if r.device != device or r.observation is None or r.case.name not in theirs:
+            continue
+        mine, ref = r.observation, theirs[r.case.name]
+        if mine.get("accepted") and ref.get("accepted"):
+            if mine.get("order") and mine.get("order") != ref.get("order"):
+                report.info.setdefault("key_order", []).append(
+                    (r.case.name, f"returns {_names(mine['order'], 4)}; upstream {_names(ref['order'], 4)}"))
+        elif not mine.get("accepted") and not ref.get("accepted") and r.case.expect == REJECT:
+            if not _same_error_class(mine, ref):
+                report.info.setdefault("error_class", []).append(
+                    (r.case.name, f"raises {mine.get('error_type')}; upstream raises {ref.get('error_type')}"))
+
+
+def _same_error_class(mine: dict[str, Any], ref: dict[str, Any]) -> bool:
+    """Same class, or a subclass of upstream's (what ``except`` in user code
+    sees): safeload's SafetensorError derives from upstream's."""
+    theirs = ref.get("error_type")
+    return mine.get("error_type") == theirs or theirs in (mine.get("error_mro") or [])

@@ -1,29 +1,47 @@
-"""The worker process: imports the loader once, then loads one case at a time
-and reports what it observed. It judges nothing (the parent does); it only
-measures, so a loader that crashes or hangs takes down this process and never
-the harness.
+"""The worker process: imports the loader once, then serves requests one at a
+time and reports what it observed. It judges nothing that needs the case's
+expectation (the parent does); it only measures, so a loader that crashes or
+hangs takes down this process and never the harness.
 
 Protocol: one JSON object per line on two private pipes (file descriptors
 given on the command line, so a loader printing to stdout cannot corrupt it).
 The worker first sends ``{"ready": true}`` or ``{"ready": false, "error": ...}``;
-then for each request ``{"path", "device", "ownership"}`` it sends an
-observation (see :func:`observe`).
+then for each request it sends one reply:
+
+- ``{"op": "load", "path", "device", "ownership", "sha256"}``: an observation
+  (see :func:`observe`);
+- ``{"op": "independence", "path", "device"}``: the loader's result described
+  only after its file was replaced and unlinked (see :func:`observe_independent`);
+- ``{"op": "threads", "paths", "device", "threads", "rounds"}``: each file
+  loaded alone, then from several threads at once (see :func:`observe_threads`).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import importlib
 import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
 Loader = Callable[[str, str], Mapping[str, Any]]
+
+# Named properties of returned tensors, checked on every valid case. The
+# parent reports a failure as "[name] detail", so a user sees which one broke.
+CONTIGUOUS = "contiguous"
+REQUIRES_GRAD = "requires_grad"
+ALIASING = "aliasing"            # two returned tensors share memory
+FILE_WRITES = "file_writes"      # writing into a tensor reaches the file
+WRITABLE = "writable"            # a tensor cannot be written, or writes do not stick
+INDEPENDENCE = "file_independence"  # tensors change once the file is replaced
+PROPERTY_CHECKS = (CONTIGUOUS, REQUIRES_GRAD, ALIASING, FILE_WRITES, WRITABLE)
 
 
 def resolve_loader(spec: str) -> Loader:
@@ -70,95 +88,211 @@ def _byte_view(t):
     )
 
 
-def _raw_bytes(t) -> bytes:
+_DIGEST_CHUNK = 64 << 20
+
+
+def digest(t) -> tuple[str, int]:
+    """SHA-256 and length of the tensor's bytes in logical (row-major) order,
+    read on the CPU in bounded chunks (a 4 GiB tensor is never copied whole)."""
+    h = hashlib.sha256()
     if t.numel() == 0:
-        return b""
+        return h.hexdigest(), 0
     if not t.is_contiguous():
         t = t.contiguous()
-    return _byte_view(t).cpu().numpy().tobytes()
+    view = _byte_view(t.detach())
+    n = view.numel()
+    for start in range(0, n, _DIGEST_CHUNK):
+        part = view[start:start + _DIGEST_CHUNK]
+        if part.device.type != "cpu":
+            part = part.cpu()
+        h.update(memoryview(part.numpy()))
+    return h.hexdigest(), n
 
 
-def _ownership(tensors: Mapping[str, Any], path: str, file_sha: str) -> list[str]:
+def _ownership(tensors: Mapping[str, Any], path: str, file_sha: str) -> dict[str, list[str]]:
     """Writes a distinct pseudo-random pattern into every non-empty tensor,
     then checks each still holds its own pattern (no two share memory, writes
     stick) and that the file on disk did not change."""
     import torch
 
-    problems: list[str] = []
+    checks: dict[str, list[str]] = {}
     patterns: dict[str, Any] = {}
     views: dict[str, Any] = {}
     for i, (name, t) in enumerate(tensors.items()):
-        if t.numel() == 0:
-            continue
-        if not t.is_contiguous():
-            problems.append(f"{name!r}: not contiguous, memory ownership not checked")
-            continue
+        if t.numel() == 0 or not t.is_contiguous():
+            continue  # a non-contiguous tensor is reported by its own check
         try:
-            view = _byte_view(t)
+            view = _byte_view(t.detach())
             g = torch.Generator().manual_seed(0x5AFE + i)
             pattern = torch.randint(0, 256, (view.numel(),), dtype=torch.uint8, generator=g)
             view.copy_(pattern.to(view.device))
         except Exception as e:  # read-only or exotic storage
-            problems.append(f"{name!r}: writing into the tensor failed: {type(e).__name__}: {e}")
+            checks.setdefault(WRITABLE, []).append(f"{name!r}: writing into the tensor failed: {type(e).__name__}: {e}")
             continue
         views[name], patterns[name] = view, pattern
     for name, view in views.items():
         if not torch.equal(view.cpu(), patterns[name]):
-            problems.append(
-                f"{name!r}: after writing into every tensor its bytes are not what was written into it "
-                "(memory shared with another returned tensor, or writes do not stick)"
+            checks.setdefault(ALIASING, []).append(
+                f"{name!r}: after writing into every returned tensor its bytes are not what was written into it "
+                "(its memory is shared with another returned tensor, or writes do not stick)"
             )
     if _file_sha256(path) != file_sha:
-        problems.append("writing into the returned tensors changed the file on disk (shared mapping)")
-    return problems
+        checks.setdefault(FILE_WRITES, []).append(
+            "writing into the returned tensors changed the file on disk (tensors alias a shared mapping of the file)")
+    return checks
 
 
-def observe(load: Loader, path: str, device: str, ownership: bool, file_sha: str | None) -> dict[str, Any]:
-    """Run the loader on one file and describe what happened."""
-    obs: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    try:
-        result = load(path, device)
-    except BaseException as e:  # a loader may raise anything, SystemExit included
-        obs.update(
-            accepted=False,
-            error_type=f"{type(e).__module__}.{type(e).__qualname__}",
-            error_code=getattr(e, "code", None) if isinstance(getattr(e, "code", None), str) else None,
-            error=str(e)[:500],
-            seconds=time.perf_counter() - t0,
-        )
-        return obs
-    obs["seconds"] = time.perf_counter() - t0
-    obs["accepted"] = True
-    problems: list[str] = []
-    tensors: dict[str, Any] = {}
-    if not isinstance(result, Mapping):
-        problems.append(f"returned a {type(result).__name__}, not a mapping")
-        result = {}
+def _error(e: BaseException, t0: float) -> dict[str, Any]:
+    code = getattr(e, "code", None)
+    return dict(
+        accepted=False,
+        error_type=f"{type(e).__module__}.{type(e).__qualname__}",
+        error_code=code if isinstance(code, str) else None,
+        error=str(e)[:500],
+        error_mro=[f"{c.__module__}.{c.__qualname__}" for c in type(e).__mro__],
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def describe(result: Any) -> tuple[dict[str, Any], dict[str, Any], list[str], dict[str, list[str]]]:
+    """(described, tensors, problems, property checks) of a loader's result."""
     import torch
 
+    problems: list[str] = []
+    checks: dict[str, list[str]] = {}
+    tensors: dict[str, Any] = {}
     described: dict[str, Any] = {}
+    if not isinstance(result, Mapping):
+        problems.append(f"returned a {type(result).__name__}, not a mapping")
+        return described, tensors, problems, checks
     for name, t in result.items():
         if not isinstance(t, torch.Tensor):
             problems.append(f"{name!r}: value is a {type(t).__name__}, not a torch.Tensor")
             continue
         try:
-            raw = _raw_bytes(t)
-            described[str(name)] = {
-                "dtype": str(t.dtype).removeprefix("torch."),
-                "shape": list(t.shape),
-                "device": str(t.device),
-                "sha256": hashlib.sha256(raw).hexdigest(),
-                "nbytes": len(raw),
-            }
-            tensors[name] = t
+            sha, n = digest(t)
         except Exception as e:
             problems.append(f"{name!r}: cannot read the tensor's bytes: {type(e).__name__}: {e}")
+            continue
+        described[str(name)] = {
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "shape": list(t.shape),
+            "device": str(t.device),
+            "sha256": sha,
+            "nbytes": n,
+        }
+        tensors[name] = t
+        if not t.is_contiguous():
+            checks.setdefault(CONTIGUOUS, []).append(
+                f"{name!r}: not contiguous (strides {tuple(t.stride())} for shape {tuple(t.shape)})")
+        if t.requires_grad:
+            checks.setdefault(REQUIRES_GRAD, []).append(f"{name!r}: requires_grad=True (a loaded tensor must not track gradients)")
+    return described, tensors, problems, checks
+
+
+def observe(load: Loader, path: str, device: str, ownership: bool, file_sha: str | None) -> dict[str, Any]:
+    """Run the loader on one file and describe what happened."""
+    t0 = time.perf_counter()
+    try:
+        result = load(path, device)
+    except BaseException as e:  # a loader may raise anything, SystemExit included
+        return _error(e, t0)
+    obs: dict[str, Any] = {"seconds": time.perf_counter() - t0, "accepted": True}
+    described, tensors, problems, checks = describe(result)
     if ownership and file_sha is not None:
-        problems += _ownership(tensors, path, file_sha)
+        for k, v in _ownership(tensors, path, file_sha).items():
+            checks.setdefault(k, []).extend(v)
+    obs["order"] = [str(k) for k in result] if isinstance(result, Mapping) else []
     obs["tensors"] = described
     obs["problems"] = problems
+    obs["checks"] = checks
     return obs
+
+
+def replace_and_unlink(path: str) -> None:
+    """Atomically replace ``path`` by a file of the same size whose every byte
+    is inverted (what re-saving a checkpoint does), then unlink it."""
+    import numpy as np
+
+    tmp = path + ".replacement"
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            dst.write(np.bitwise_not(np.frombuffer(chunk, dtype=np.uint8)).tobytes())
+    os.replace(tmp, path)
+    os.unlink(path)
+
+
+def observe_independent(load: Loader, path: str, device: str) -> dict[str, Any]:
+    """Load, then replace and unlink the file, and only then read the result:
+    a loader whose tensors still depend on the file (lazy reads by path, a
+    cache keyed by name) shows different bytes or fails here."""
+    t0 = time.perf_counter()
+    try:
+        result = load(path, device)
+    except BaseException as e:
+        return _error(e, t0)
+    replace_and_unlink(path)
+    obs: dict[str, Any] = {"seconds": time.perf_counter() - t0, "accepted": True}
+    try:
+        described, _, problems, _ = describe(result)
+    except BaseException as e:
+        return dict(_error(e, t0), after_replace=True)
+    obs.update(tensors=described, problems=problems, order=list(described), checks={})
+    return obs
+
+
+def _digests(result: Any) -> dict[str, Any]:
+    described, _, problems, _ = describe(result)
+    return {"tensors": {k: [v["dtype"], v["shape"], v["device"], v["sha256"]] for k, v in described.items()},
+            "problems": problems}
+
+
+def observe_threads(load: Loader, paths: list[str], device: str, threads: int, rounds: int) -> dict[str, Any]:
+    """Load each file alone, then ``rounds`` times from ``threads`` threads at
+    once (thread i loads file i mod len(paths), released together by a
+    barrier); report every result that differs from the one given alone."""
+    def one(path: str) -> dict[str, Any]:
+        try:
+            return _digests(load(path, device))
+        except BaseException as e:
+            return {"error": f"{type(e).__module__}.{type(e).__qualname__}: {str(e)[:200]}"}
+
+    alone = {p: one(p) for p in paths}
+    mismatches: list[str] = []
+    for r in range(rounds):
+        barrier = threading.Barrier(threads)
+        got: dict[int, dict[str, Any]] = {}
+
+        def run(i: int) -> None:
+            barrier.wait()
+            got[i] = one(paths[i % len(paths)])
+
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for i in range(threads):
+            p = paths[i % len(paths)]
+            if got.get(i) != alone[p]:
+                mismatches.append(f"round {r}, thread {i}, {os.path.basename(p)}: {_diff(alone[p], got.get(i))}")
+    return {"alone": {os.path.basename(p): ("error" not in v) for p, v in alone.items()}, "mismatches": mismatches}
+
+
+def _diff(want: dict[str, Any], got: dict[str, Any] | None) -> str:
+    if got is None:
+        return "no result"
+    if "error" in got and "error" not in want:
+        return f"raised {got['error']} (alone it loads)"
+    if "error" in want and "error" not in got:
+        return f"loaded {len(got['tensors'])} tensors (alone it raises {want['error']})"
+    if "error" in want:
+        return f"raised {got['error']} (alone: {want['error']})"
+    w, g = want["tensors"], got["tensors"]
+    if set(w) != set(g):
+        return f"tensor names {sorted(g)[:5]}, alone {sorted(w)[:5]}"
+    bad = [k for k in w if w[k] != g[k]]
+    return f"tensors {bad[:5]} differ from the result given alone (dtype, shape, device or bytes)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,10 +316,20 @@ def main(argv: list[str] | None = None) -> int:
         send({"ready": False, "error": f"{type(e).__name__}: {e}", "unavailable": _is_unavailable(e),
               "traceback": traceback.format_exc()[-4000:]})
         return 1
-    send({"ready": True})
+    send({"ready": True, "python": sys.executable})
     for line in rx:
         req = json.loads(line)
-        send(observe(load, req["path"], req["device"], req.get("ownership", True), req.get("sha256")))
+        op = req.get("op", "load")
+        if op == "load":
+            reply = observe(load, req["path"], req["device"], req.get("ownership", True), req.get("sha256"))
+        elif op == "independence":
+            reply = observe_independent(load, req["path"], req["device"])
+        elif op == "threads":
+            reply = observe_threads(load, req["paths"], req["device"], int(req["threads"]), int(req["rounds"]))
+        else:
+            reply = {"accepted": False, "error_type": "protocol", "error": f"unknown op {op!r}"}
+        gc.collect()  # what stays alive after this is the loader's, not the last result's
+        send(reply)
     return 0
 
 

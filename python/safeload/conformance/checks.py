@@ -1,0 +1,261 @@
+"""Named checks beyond one load of one file: the defects of parallel, chunked,
+device-aware loaders that byte checks on small files miss. Each yields one
+result, named ``check.<name>``, per device (so it can be listed as an expected
+failure like any case).
+
+- ``leak_fds``, ``leak_threads``, ``leak_memory``: the worker loads the same
+  file over and over; the parent samples the worker's open descriptors,
+  threads and resident memory after a warm-up and after the measured calls,
+  and reports growth per call. The tolerances (half a descriptor or thread
+  per call; a quarter of the file's data or 1 MiB per call) are far above
+  what a correct loader shows (zero after warm-up) and far below a loader
+  that keeps anything per call.
+- ``thread_safety``: several threads of one worker load different files at
+  once; every result must equal the one given alone.
+- ``process_safety``: several workers load the same file at once; every
+  result must be correct.
+- ``file_independence``: once the call has returned, the file is replaced (a
+  new file renamed over it, as re-saving a checkpoint does) and unlinked;
+  only then are the tensors read, and they must hold the original bytes.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from safeload.conformance.cases import ACCEPT, REJECT, Case
+
+LEAK_FDS, LEAK_THREADS, LEAK_MEMORY = "leak_fds", "leak_threads", "leak_memory"
+THREAD_SAFETY, PROCESS_SAFETY, FILE_INDEPENDENCE = "thread_safety", "process_safety", "file_independence"
+CHECKS = (LEAK_FDS, LEAK_THREADS, LEAK_MEMORY, THREAD_SAFETY, PROCESS_SAFETY, FILE_INDEPENDENCE)
+
+WARMUP_CALLS = 3
+MEASURED_CALLS = 8
+THREADS = 4
+THREAD_ROUNDS = 3
+PROCESSES = 3
+PROCESS_ROUNDS = 2
+# Corpus cases the thread and independence checks prefer (others are used
+# when these are not in the run).
+PREFERRED = ("y_dtype_all_in_one_file", "y_many_tensors", "y_odd_alignment", "y_dtype_BF16", "n_truncated_data")
+
+
+def check_case(name: str, why: str) -> Case:
+    return Case(name=f"check.{name}", path="", expect=ACCEPT, why=why, origin="check")
+
+
+def _usage(pid: int) -> dict[str, int]:
+    """Open descriptors, threads and resident bytes of process ``pid``."""
+    try:
+        import psutil
+
+        p = psutil.Process(pid)
+        return {"fds": p.num_fds(), "threads": p.num_threads(), "rss": p.memory_info().rss}
+    except ImportError:
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+        with open(f"/proc/{pid}/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return {"fds": fds, "threads": threads, "rss": rss}
+
+
+def _pick(cases: Sequence[Case], medium: Case | None, n: int) -> list[Case]:
+    """Up to ``n`` small corpus cases for the thread and independence checks:
+    the preferred ones present, then other valid ones, plus the medium file."""
+    by_name = {c.name: c for c in cases if c.origin == "corpus"}
+    out = [by_name[p] for p in PREFERRED if p in by_name]
+    out += [c for c in cases if c.origin == "corpus" and c.expect == ACCEPT and c.tensors and c not in out]
+    out = out[: n - (medium is not None)]
+    return out + ([medium] if medium is not None else [])
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.2f} MiB"
+
+
+def run_checks(loader: str, device: str, names: Sequence[str], cases: Sequence[Case], medium: Case | None, *,
+               timeout: float, workdir: str, python: str | None, log: Callable[[str], None],
+               not_run: list[tuple[str, str]]) -> Iterator[tuple[Case, bool | None, str, float]]:
+    """Yields (check case, passed, detail, seconds) per check run."""
+    from safeload.conformance.runner import make_worker
+    from safeload.conformance.testee import is_exec
+
+    private = Path(workdir) / f"checks-{device.replace(':', '_')}"
+    private.mkdir(parents=True, exist_ok=True)
+    executable = is_exec(loader)
+    wanted = [n for n in CHECKS if n in names]
+    if executable:
+        for n in (THREAD_SAFETY, FILE_INDEPENDENCE):
+            if n in wanted:
+                wanted.remove(n)
+                not_run.append((f"check.{n} [{device}]", "needs the tensors in the harness's process; "
+                                "an executable testee serves one request at a time"))
+
+    def copy(case: Case, tag: str = "") -> str:
+        dst = private / f"{case.name}{tag}.safetensors"
+        shutil.copyfile(case.path, dst)
+        return str(dst)
+
+    leak = [n for n in wanted if n.startswith("leak_")]
+    if leak and medium is not None:
+        yield from _leaks(loader, device, leak, medium, copy(medium), timeout=timeout, workdir=workdir, python=python,
+                          log=log)
+    if THREAD_SAFETY in wanted:
+        yield _threads(loader, device, _pick(cases, medium, THREADS), copy, timeout=timeout, workdir=workdir,
+                       python=python)
+    if PROCESS_SAFETY in wanted and medium is not None:
+        yield _processes(loader, device, medium, copy(medium, ".shared"), timeout=timeout, workdir=workdir,
+                         python=python)
+    if FILE_INDEPENDENCE in wanted:
+        yield _independence(loader, device, [c for c in _pick(cases, medium, 4) if c.expect == ACCEPT], copy,
+                            timeout=timeout, workdir=workdir, python=python)
+
+
+def _leaks(loader, device, names, medium: Case, path: str, *, timeout, workdir, python, log):
+    from safeload.conformance.runner import judge, make_worker
+
+    t0 = time.monotonic()
+    worker = make_worker(loader, workdir, python)
+    results: list[tuple[Case, bool | None, str, float]] = []
+    try:
+        samples = []
+        for i in range(WARMUP_CALLS + MEASURED_CALLS):
+            if i == WARMUP_CALLS:
+                samples.append(_usage(worker.pid))
+            obs, failure = worker.request({"path": path, "device": device, "ownership": False}, timeout)
+            passed, detail = judge(medium, device, obs, failure, False)
+            if not passed:
+                why = f"call {i + 1} of the same file failed: {detail}"
+                for n in names:
+                    results.append((check_case(n, "repeated loads"), False, why, time.monotonic() - t0))
+                return iter(results)
+        samples.append(_usage(worker.pid))
+    finally:
+        worker.close()
+    seconds = time.monotonic() - t0
+    before, after = samples
+    data_bytes = sum(t.nbytes for t in (medium.tensors or {}).values())
+    per_call = {k: (after[k] - before[k]) / MEASURED_CALLS for k in before}
+    limits = {"fds": 0.5, "threads": 0.5, "rss": max(1 << 20, data_bytes / 4)}
+    span = f"over {MEASURED_CALLS} calls after {WARMUP_CALLS} warm-up calls of {medium.name}"
+    what = {LEAK_FDS: ("fds", "open file descriptors", lambda v: f"{v:+.2f}"),
+            LEAK_THREADS: ("threads", "threads", lambda v: f"{v:+.2f}"),
+            LEAK_MEMORY: ("rss", "resident memory", lambda v: ("+" if v >= 0 else "-") + _mib(abs(v)))}
+    for n in names:
+        key, label, fmt = what[n]
+        grew = per_call[key] > limits[key]
+        detail = (f"{label} {fmt(per_call[key])} per call {span} (from {before[key]} to {after[key]}"
+                  f"{' bytes' if key == 'rss' else ''}; tolerance {fmt(limits[key])} per call)")
+        results.append((check_case(n, "repeated loads of one file"), not grew, detail, seconds))
+    return iter(results)
+
+
+def _threads(loader, device, cases: list[Case], copy, *, timeout, workdir, python):
+    from safeload.conformance.runner import make_worker
+
+    t0 = time.monotonic()
+    case = check_case(THREAD_SAFETY, "concurrent loads from threads")
+    paths = [copy(c) for c in cases]
+    worker = make_worker(loader, workdir, python)
+    try:
+        n_calls = len(paths) + THREAD_ROUNDS * THREADS
+        obs, failure = worker.request({"op": "threads", "paths": paths, "device": device, "threads": THREADS,
+                                       "rounds": THREAD_ROUNDS}, timeout * n_calls)
+    finally:
+        worker.close()
+    seconds = time.monotonic() - t0
+    if obs is None:
+        return case, False, f"{THREADS} threads loading at once: {failure}", seconds
+    if obs["mismatches"]:
+        m = obs["mismatches"]
+        return case, False, (f"{len(m)} of {THREAD_ROUNDS * THREADS} concurrent calls differ from the same call "
+                             f"made alone: " + "; ".join(m[:3])), seconds
+    return case, True, (f"{THREAD_ROUNDS} rounds of {THREADS} threads over {', '.join(c.name for c in cases)}: "
+                        "every result equals the one given alone"), seconds
+
+
+def _processes(loader, device, medium: Case, path: str, *, timeout, workdir, python):
+    from safeload.conformance.runner import judge, make_worker
+
+    t0 = time.monotonic()
+    case = check_case(PROCESS_SAFETY, "concurrent loads of one file from processes")
+    workers: list[Any] = [None] * PROCESSES
+    errors: list[str] = []
+
+    def start(i: int) -> None:
+        try:
+            workers[i] = make_worker(loader, workdir, python)
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {e}")
+
+    ts = [threading.Thread(target=start, args=(i,)) for i in range(PROCESSES)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    bad: list[str] = []
+    try:
+        if errors:
+            raise RuntimeError(errors[0])
+        for r in range(PROCESS_ROUNDS):
+            got: dict[int, tuple[Any, str]] = {}
+
+            def one(i: int) -> None:
+                got[i] = workers[i].request({"path": path, "device": device, "ownership": False}, timeout)
+
+            ts = [threading.Thread(target=one, args=(i,)) for i in range(PROCESSES)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            for i in range(PROCESSES):
+                obs, failure = got[i]
+                passed, detail = judge(medium, device, obs, failure, False)
+                if not passed:
+                    bad.append(f"round {r}, process {i}: {detail}")
+                if obs is None:
+                    workers[i] = make_worker(loader, workdir, python)
+    finally:
+        for w in workers:
+            if w is not None:
+                w.close()
+    seconds = time.monotonic() - t0
+    if bad:
+        return case, False, (f"{len(bad)} of {PROCESS_ROUNDS * PROCESSES} loads of {medium.name} by {PROCESSES} "
+                             "processes at once are wrong: " + "; ".join(bad[:3])), seconds
+    return case, True, f"{PROCESS_ROUNDS} rounds of {PROCESSES} processes loading {medium.name} at once: all correct", seconds
+
+
+def _independence(loader, device, cases: list[Case], copy, *, timeout, workdir, python):
+    from safeload.conformance.runner import _compare, _describe_error, make_worker
+
+    t0 = time.monotonic()
+    case = check_case(FILE_INDEPENDENCE, "tensors read after the file is replaced and unlinked")
+    bad: list[str] = []
+    worker = make_worker(loader, workdir, python)
+    try:
+        for c in cases:
+            obs, failure = worker.request({"op": "independence", "path": copy(c, ".indep"), "device": device}, timeout)
+            if obs is None:
+                bad.append(f"{c.name}: {failure}")
+                worker.kill()
+                worker = make_worker(loader, workdir, python)
+            elif not obs["accepted"]:
+                when = "reading the result after the file was replaced" if obs.get("after_replace") else "loading"
+                bad.append(f"{c.name}: {when} raised {_describe_error(obs)}")
+            else:
+                diffs = [m for _, _, m in _compare(c, device, obs) if m]
+                if diffs:
+                    bad.append(f"{c.name}: " + "; ".join(diffs[:3]))
+    finally:
+        worker.close()
+    seconds = time.monotonic() - t0
+    if bad:
+        return case, False, ("once the call returned, the file was replaced and unlinked, and then the tensors "
+                             "no longer held the original bytes: " + "; ".join(bad[:3])), seconds
+    return case, True, f"{len(cases)} files replaced and unlinked after the call; tensors kept their bytes", seconds
