@@ -42,6 +42,7 @@ def load_file(
     staged: bool = False,
     io: str = "auto",
     backend: Optional[str] = None,
+    report: Optional[dict] = None,
 ) -> Dict[str, torch.Tensor]:
     """Load every tensor of a safetensors file onto ``device``, fast.
 
@@ -57,7 +58,9 @@ def load_file(
     ``"cached"`` always reads through the page cache, ``"uncached"`` never
     does (where ``O_DIRECT`` is unsupported both fall back to the page
     cache). The result is byte-identical to
-    ``safeload.reference.load_file``.
+    ``safeload.reference.load_file``. ``report``, a dict, is filled with what
+    the load did: the route (``"direct"`` or ``"staged"``), threads, chunk
+    size, slots, and the reads and bytes that bypassed the page cache.
 
     Raises ``safeload.SafetensorError`` (a ``ValueError``, with ``.code``) for
     a malformed file and ``OSError`` when the file cannot be read; nothing is
@@ -65,7 +68,7 @@ def load_file(
     """
     _check_backend(backend)
     return _loading.load([path], device, threads=threads, chunk_bytes=chunk_bytes,
-                         staging_bytes=staging_bytes, staged=staged, io=io)
+                         staging_bytes=staging_bytes, staged=staged, io=io, report=report)
 
 
 #: ``backend`` values upstream accepts; safeload reads the same way for all.
