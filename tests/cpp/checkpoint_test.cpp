@@ -122,7 +122,7 @@ TEST_F(CheckpointDir, MissingOrMalformedShardNamesIt) {
     EXPECT_NE(std::string(e.what()).find("model-00002-of-00002"), std::string::npos) << e.what();
   }
   write("model-00002-of-00002.safetensors", u8_file({{"c", 7}}).substr(0, 20));
-  expect_code(ErrorCode::kMetadataIncompleteBuffer, [&] { Checkpoint::open(dir); });
+  expect_code(ErrorCode::kInvalidHeaderLength, [&] { Checkpoint::open(dir); });
 }
 
 }  // namespace
