@@ -62,7 +62,8 @@ class Header {
 
   // Tensors sorted by (begin, end, name): the order of the data section.
   const std::vector<TensorInfo>& tensors() const noexcept { return tensors_; }
-  // __metadata__ entries sorted by key; empty when absent.
+  // __metadata__ entries sorted by key, each key once: a key the JSON gives
+  // twice keeps its last value, as upstream does. Empty when absent.
   const std::vector<std::pair<std::string, std::string>>& metadata() const noexcept {
     return metadata_;
   }
@@ -79,22 +80,11 @@ class Header {
  private:
   Header() = default;
   std::vector<TensorInfo> tensors_;
-  std::vector<std::size_t> by_name_;  // indices into tensors_, sorted by name
+  std::vector<std::uint32_t> by_name_;  // indices into tensors_, sorted by name
   std::vector<std::pair<std::string, std::string>> metadata_;
   bool has_metadata_ = false;
   std::uint64_t header_length_ = 0;
   std::uint64_t data_length_ = 0;
 };
-
-// Little-endian u64 decode; no reliance on host byte order or alignment.
-inline std::uint64_t load_le64(const unsigned char* p) {
-  std::uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-
-// True if `s` is well-formed UTF-8 (no overlong forms, no surrogates, at most
-// U+10FFFF), the same definition Rust's str::from_utf8 applies upstream.
-bool is_valid_utf8(std::string_view s);
 
 }  // namespace safeload

@@ -83,7 +83,11 @@ TEST(HeaderErrors, RejectsInvalidHeader) {
 TEST(HeaderErrors, RejectsInvalidMetadata) {
   expect_rejects(ErrorCode::kInvalidMetadata, "{\"__metadata__\":{\"k\":1}}");
   expect_rejects(ErrorCode::kInvalidMetadata, "{\"__metadata__\":[]}");
-  expect_rejects(ErrorCode::kInvalidMetadata, "{\"__metadata__\":{\"k\":\"a\",\"k\":\"b\"}}");
+  // A repeated key is allowed (see below), but every value must be a string,
+  // even one a later value would replace, as upstream checks each as it reads.
+  expect_rejects(ErrorCode::kInvalidMetadata, "{\"__metadata__\":{\"k\":1,\"k\":\"b\"}}");
+  // Keys repeated deeper inside a metadata value are still a duplicate.
+  expect_rejects(ErrorCode::kInvalidMetadata, "{\"__metadata__\":{\"k\":{\"a\":1,\"a\":1}}}");
 }
 
 TEST(HeaderErrors, RejectsUnknownDtype) {
@@ -174,6 +178,89 @@ TEST(HeaderAccepts, WhitespacePaddingZeroSizeAndEmpty) {
   EXPECT_EQ(h.tensors()[2].name, "c");
   EXPECT_FALSE(h.has_metadata());
   EXPECT_FALSE(parse(make_file("{\"__metadata__\":null}")).has_metadata());
+}
+
+// Upstream reads __metadata__ into a HashMap, so a repeated key keeps the value
+// written last; safeload does the same (it once rejected it).
+TEST(HeaderAccepts, DuplicateMetadataKeyKeepsTheLastValue) {
+  const Header h = parse(make_file("{\"__metadata__\":{\"k\":\"1\",\"j\":\"x\",\"k\":\"2\",\"k\":\"3\"}," +
+                                   entry("a", "U8", "1", 0, 1) + "}", "x"));
+  ASSERT_TRUE(h.has_metadata());
+  ASSERT_EQ(h.metadata().size(), 2u);
+  EXPECT_EQ(h.metadata()[0], std::make_pair(std::string("j"), std::string("x")));
+  EXPECT_EQ(h.metadata()[1], std::make_pair(std::string("k"), std::string("3")));
+  // Escaped and plain spellings of one key are the same key.
+  const Header e = parse(make_file("{\"__metadata__\":{\"k\":\"1\",\"\\u006b\":\"2\"}}"));
+  ASSERT_EQ(e.metadata().size(), 1u);
+  EXPECT_EQ(e.metadata()[0].second, "2");
+}
+
+// A file with several faults gets the code of the one found first in this
+// order: JSON syntax, nesting and duplicate keys in file order; then a header
+// that is not an object; then a repeated tensor name; then the faulty entry
+// whose key sorts first; then the layout.
+TEST(HeaderPrecedence, SyntaxErrorsWinOverFaultsBeforeThem) {
+  expect_rejects(ErrorCode::kInvalidJson, "{\"a\":{\"dtype\":\"nope\",\"shape\":[1],\"data_offsets\":[0,1]},x}", "x");
+  expect_rejects(ErrorCode::kInvalidJson, "{" + entry("a", "F32", "-1", 0, 1) + ",\"b\":[" + std::string(80, '[') + "}");
+}
+
+TEST(HeaderPrecedence, RepeatedNameBeforeASyntaxErrorWins) {
+  expect_rejects(ErrorCode::kDuplicateName, "{" + entry("a", "U8", "1", 0, 1) + "," + entry("a", "U8", "1", 0, 1) + ",}");
+  // After a syntax error the names that follow it were never read.
+  expect_rejects(ErrorCode::kInvalidJson, "{" + entry("a", "U8", "1", 0, 1) + ",x," + entry("a", "U8", "1", 0, 1) + "}");
+}
+
+TEST(HeaderPrecedence, RepeatedNameWinsOverEntryFaults) {
+  expect_rejects(ErrorCode::kDuplicateName, "{\"a\":1," + entry("b", "U8", "1", 0, 1) + "," + entry("b", "U8", "1", 0, 1) + "}", "x");
+}
+
+TEST(HeaderPrecedence, TheEntryWhoseKeySortsFirstDecides) {
+  const std::string bad_dtype = entry("b", "nope", "1", 0, 1);
+  const std::string bad_shape = entry("a", "U8", "-1", 0, 1);
+  expect_rejects(ErrorCode::kInvalidHeader, "{" + bad_dtype + "," + bad_shape + "}", "x");
+  expect_rejects(ErrorCode::kInvalidHeader, "{" + bad_shape + "," + bad_dtype + "}", "x");
+  // "__metadata__" sorts between upper and lower case letters.
+  expect_rejects(ErrorCode::kInvalidMetadata, "{\"__metadata__\":1,\"a\":2}");
+  expect_rejects(ErrorCode::kInvalidHeader, "{\"__metadata__\":1,\"A\":2}");
+}
+
+TEST(HeaderPrecedence, WithinAnEntryFieldsAreCheckedInAFixedOrder) {
+  // unknown field, then a missing one, then dtype, shape, data_offsets,
+  // whatever order they are written in.
+  expect_rejects(ErrorCode::kUnknownField,
+                 "{\"a\":{\"data_offsets\":1,\"shape\":[-1],\"dtype\":\"nope\",\"x\":0}}");
+  expect_rejects(ErrorCode::kInvalidHeader, "{\"a\":{\"dtype\":\"nope\",\"shape\":[1]}}");
+  expect_rejects(ErrorCode::kUnknownDtype,
+                 "{\"a\":{\"data_offsets\":1,\"shape\":[-1],\"dtype\":\"nope\"}}");
+  expect_rejects(ErrorCode::kValidationOverflow,
+                 "{\"a\":{\"data_offsets\":1,\"shape\":[9223372036854775808,-1],\"dtype\":\"U8\"}}");
+  expect_rejects(ErrorCode::kInvalidHeader,
+                 "{\"a\":{\"data_offsets\":1,\"shape\":[-1,9223372036854775808],\"dtype\":\"U8\"}}");
+}
+
+// Many tensors written in an order unrelated to their data: they come back
+// sorted by offset, and every one is found by name.
+TEST(HeaderAccepts, ManyTensorsInShuffledOrder) {
+  constexpr std::uint64_t kCount = 5000;
+  std::string json = "{";
+  for (std::uint64_t k = 0; k < kCount; ++k) {
+    const std::uint64_t i = (k * 2039) % kCount;  // 2039 is coprime to kCount
+    if (k) json += ",";
+    json += entry("layer." + std::to_string(kCount - i) + ".w", "U8", std::to_string(i % 3), i * 2, i * 2 + i % 3);
+    json += ",";
+    json += entry("pad." + std::to_string(i), "U8", std::to_string(2 - i % 3), i * 2 + i % 3, i * 2 + 2);
+  }
+  const Header h = parse(make_file(json + "}", std::string(2 * kCount, 'x')));
+  ASSERT_EQ(h.tensors().size(), 2 * kCount);
+  std::uint64_t at = 0;
+  for (const TensorInfo& t : h.tensors()) {
+    EXPECT_EQ(t.begin, at);
+    at = t.end;
+    const TensorInfo* found = h.find(t.name);
+    ASSERT_NE(found, nullptr) << t.name;
+    EXPECT_EQ(found, &t);
+  }
+  EXPECT_EQ(h.find("layer.0.w"), nullptr);
 }
 
 TEST(HeaderAccepts, SubByteDtypes) {
