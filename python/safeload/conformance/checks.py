@@ -82,7 +82,6 @@ def run_checks(loader: str, device: str, names: Sequence[str], cases: Sequence[C
                timeout: float, workdir: str, python: str | None, log: Callable[[str], None],
                not_run: list[tuple[str, str]]) -> Iterator[tuple[Case, bool | None, str, float]]:
     """Yields (check case, passed, detail, seconds) per check run."""
-    from safeload.conformance.runner import make_worker
     from safeload.conformance.testee import is_exec
 
     private = Path(workdir) / f"checks-{device.replace(':', '_')}"
@@ -101,42 +100,92 @@ def run_checks(loader: str, device: str, names: Sequence[str], cases: Sequence[C
         shutil.copyfile(case.path, dst)
         return str(dst)
 
-    leak = [n for n in wanted if n.startswith("leak_")]
-    if leak and medium is not None:
-        yield from _leaks(loader, device, leak, medium, copy(medium), timeout=timeout, workdir=workdir, python=python,
-                          log=log)
-    if THREAD_SAFETY in wanted:
-        yield _threads(loader, device, _pick(cases, medium, THREADS), copy, timeout=timeout, workdir=workdir,
-                       python=python)
-    if PROCESS_SAFETY in wanted and medium is not None:
-        yield _processes(loader, device, medium, copy(medium, ".shared"), timeout=timeout, workdir=workdir,
-                         python=python)
-    if FILE_INDEPENDENCE in wanted:
-        yield _independence(loader, device, [c for c in _pick(cases, medium, 4) if c.expect == ACCEPT], copy,
-                            timeout=timeout, workdir=workdir, python=python)
+    # One worker serves the leak check (first, while fresh), then the
+    # independence and thread checks, then joins the process check.
+    pool = _Pool(loader, workdir, python)
+    try:
+        leak = [n for n in wanted if n.startswith("leak_")]
+        if leak and medium is not None:
+            yield from _leaks(pool, device, leak, medium, copy(medium), timeout=timeout)
+        if FILE_INDEPENDENCE in wanted:
+            yield _independence(pool, device, [c for c in _pick(cases, medium, 4) if c.expect == ACCEPT], copy,
+                                timeout=timeout)
+        if THREAD_SAFETY in wanted:
+            yield _threads(pool, device, _pick(cases, medium, THREADS), copy, timeout=timeout)
+        if PROCESS_SAFETY in wanted and medium is not None:
+            yield _processes(pool, device, medium, copy(medium, ".shared"), timeout=timeout)
+    finally:
+        pool.close()
 
 
-def _leaks(loader, device, names, medium: Case, path: str, *, timeout, workdir, python, log):
-    from safeload.conformance.runner import judge, make_worker
+class _Pool:
+    """Workers for the checks, started on demand, replaced when one dies."""
+
+    def __init__(self, loader: str, workdir: str, python: str | None):
+        self.loader, self.workdir, self.python = loader, workdir, python
+        self.workers: list[Any] = []
+
+    def get(self, i: int = 0) -> Any:
+        from safeload.conformance.runner import make_worker
+
+        while len(self.workers) <= i:
+            self.workers.append(None)
+        if self.workers[i] is None or not self.workers[i].alive():
+            self.workers[i] = make_worker(self.loader, self.workdir, self.python)
+        return self.workers[i]
+
+    def start(self, n: int) -> None:
+        """Start workers 0..n-1 in parallel (each imports torch: seconds)."""
+        errors: list[BaseException] = []
+
+        def one(i: int) -> None:
+            try:
+                self.get(i)
+            except BaseException as e:
+                errors.append(e)
+
+        while len(self.workers) < n:
+            self.workers.append(None)
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def discard(self, i: int) -> None:
+        if self.workers[i] is not None:
+            self.workers[i].kill()
+            self.workers[i].close()
+            self.workers[i] = None
+
+    def close(self) -> None:
+        for w in self.workers:
+            if w is not None:
+                w.close()
+
+
+def _leaks(pool: _Pool, device, names, medium: Case, path: str, *, timeout):
+    from safeload.conformance.runner import judge
 
     t0 = time.monotonic()
-    worker = make_worker(loader, workdir, python)
+    worker = pool.get()
     results: list[tuple[Case, bool | None, str, float]] = []
-    try:
-        samples = []
-        for i in range(WARMUP_CALLS + MEASURED_CALLS):
-            if i == WARMUP_CALLS:
-                samples.append(_usage(worker.pid))
-            obs, failure = worker.request({"path": path, "device": device, "ownership": False}, timeout)
-            passed, detail = judge(medium, device, obs, failure, False)
-            if not passed:
-                why = f"call {i + 1} of the same file failed: {detail}"
-                for n in names:
-                    results.append((check_case(n, "repeated loads"), False, why, time.monotonic() - t0))
-                return iter(results)
-        samples.append(_usage(worker.pid))
-    finally:
-        worker.close()
+    samples = []
+    for i in range(WARMUP_CALLS + MEASURED_CALLS):
+        if i == WARMUP_CALLS:
+            samples.append(_usage(worker.pid))
+        obs, failure = worker.request({"path": path, "device": device, "ownership": False}, timeout)
+        passed, detail = judge(medium, device, obs, failure, False)
+        if not passed:
+            why = f"call {i + 1} of the same file failed: {detail}"
+            for n in names:
+                results.append((check_case(n, "repeated loads"), False, why, time.monotonic() - t0))
+            if obs is None:
+                pool.discard(0)
+            return iter(results)
+    samples.append(_usage(worker.pid))
     seconds = time.monotonic() - t0
     before, after = samples
     data_bytes = sum(t.nbytes for t in (medium.tensors or {}).values())
@@ -155,19 +204,15 @@ def _leaks(loader, device, names, medium: Case, path: str, *, timeout, workdir, 
     return iter(results)
 
 
-def _threads(loader, device, cases: list[Case], copy, *, timeout, workdir, python):
-    from safeload.conformance.runner import make_worker
-
+def _threads(pool: _Pool, device, cases: list[Case], copy, *, timeout):
     t0 = time.monotonic()
     case = check_case(THREAD_SAFETY, "concurrent loads from threads")
     paths = [copy(c) for c in cases]
-    worker = make_worker(loader, workdir, python)
-    try:
-        n_calls = len(paths) + THREAD_ROUNDS * THREADS
-        obs, failure = worker.request({"op": "threads", "paths": paths, "device": device, "threads": THREADS,
+    n_calls = len(paths) + THREAD_ROUNDS * THREADS
+    obs, failure = pool.get().request({"op": "threads", "paths": paths, "device": device, "threads": THREADS,
                                        "rounds": THREAD_ROUNDS}, timeout * n_calls)
-    finally:
-        worker.close()
+    if obs is None:
+        pool.discard(0)
     seconds = time.monotonic() - t0
     if obs is None:
         return case, False, f"{THREADS} threads loading at once: {failure}", seconds
@@ -179,51 +224,34 @@ def _threads(loader, device, cases: list[Case], copy, *, timeout, workdir, pytho
                         "every result equals the one given alone"), seconds
 
 
-def _processes(loader, device, medium: Case, path: str, *, timeout, workdir, python):
-    from safeload.conformance.runner import judge, make_worker
+def _processes(pool: _Pool, device, medium: Case, path: str, *, timeout):
+    from safeload.conformance.runner import judge
 
     t0 = time.monotonic()
     case = check_case(PROCESS_SAFETY, "concurrent loads of one file from processes")
-    workers: list[Any] = [None] * PROCESSES
-    errors: list[str] = []
-
-    def start(i: int) -> None:
-        try:
-            workers[i] = make_worker(loader, workdir, python)
-        except Exception as e:
-            errors.append(f"{type(e).__name__}: {e}")
-
-    ts = [threading.Thread(target=start, args=(i,)) for i in range(PROCESSES)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
     bad: list[str] = []
     try:
-        if errors:
-            raise RuntimeError(errors[0])
-        for r in range(PROCESS_ROUNDS):
-            got: dict[int, tuple[Any, str]] = {}
+        pool.start(PROCESSES)
+    except Exception as e:
+        return case, False, f"could not start {PROCESSES} workers: {e}", time.monotonic() - t0
+    for r in range(PROCESS_ROUNDS):
+        got: dict[int, tuple[Any, str]] = {}
 
-            def one(i: int) -> None:
-                got[i] = workers[i].request({"path": path, "device": device, "ownership": False}, timeout)
+        def one(i: int) -> None:
+            got[i] = pool.get(i).request({"path": path, "device": device, "ownership": False}, timeout)
 
-            ts = [threading.Thread(target=one, args=(i,)) for i in range(PROCESSES)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-            for i in range(PROCESSES):
-                obs, failure = got[i]
-                passed, detail = judge(medium, device, obs, failure, False)
-                if not passed:
-                    bad.append(f"round {r}, process {i}: {detail}")
-                if obs is None:
-                    workers[i] = make_worker(loader, workdir, python)
-    finally:
-        for w in workers:
-            if w is not None:
-                w.close()
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(PROCESSES)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for i in range(PROCESSES):
+            obs, failure = got[i]
+            passed, detail = judge(medium, device, obs, failure, False)
+            if not passed:
+                bad.append(f"round {r}, process {i}: {detail}")
+            if obs is None:
+                pool.discard(i)
     seconds = time.monotonic() - t0
     if bad:
         return case, False, (f"{len(bad)} of {PROCESS_ROUNDS * PROCESSES} loads of {medium.name} by {PROCESSES} "
@@ -231,29 +259,24 @@ def _processes(loader, device, medium: Case, path: str, *, timeout, workdir, pyt
     return case, True, f"{PROCESS_ROUNDS} rounds of {PROCESSES} processes loading {medium.name} at once: all correct", seconds
 
 
-def _independence(loader, device, cases: list[Case], copy, *, timeout, workdir, python):
-    from safeload.conformance.runner import _compare, _describe_error, make_worker
+def _independence(pool: _Pool, device, cases: list[Case], copy, *, timeout):
+    from safeload.conformance.runner import _compare, _describe_error
 
     t0 = time.monotonic()
     case = check_case(FILE_INDEPENDENCE, "tensors read after the file is replaced and unlinked")
     bad: list[str] = []
-    worker = make_worker(loader, workdir, python)
-    try:
-        for c in cases:
-            obs, failure = worker.request({"op": "independence", "path": copy(c, ".indep"), "device": device}, timeout)
-            if obs is None:
-                bad.append(f"{c.name}: {failure}")
-                worker.kill()
-                worker = make_worker(loader, workdir, python)
-            elif not obs["accepted"]:
-                when = "reading the result after the file was replaced" if obs.get("after_replace") else "loading"
-                bad.append(f"{c.name}: {when} raised {_describe_error(obs)}")
-            else:
-                diffs = [m for _, _, m in _compare(c, device, obs) if m]
-                if diffs:
-                    bad.append(f"{c.name}: " + "; ".join(diffs[:3]))
-    finally:
-        worker.close()
+    for c in cases:
+        obs, failure = pool.get().request({"op": "independence", "path": copy(c, ".indep"), "device": device}, timeout)
+        if obs is None:
+            bad.append(f"{c.name}: {failure}")
+            pool.discard(0)
+        elif not obs["accepted"]:
+            when = "reading the result after the file was replaced" if obs.get("after_replace") else "loading"
+            bad.append(f"{c.name}: {when} raised {_describe_error(obs)}")
+        else:
+            diffs = [m for _, _, m in _compare(c, device, obs) if m]
+            if diffs:
+                bad.append(f"{c.name}: " + "; ".join(diffs[:3]))
     seconds = time.monotonic() - t0
     if bad:
         return case, False, ("once the call returned, the file was replaced and unlinked, and then the tensors "

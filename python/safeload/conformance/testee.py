@@ -71,10 +71,14 @@ class ExecWorker:
         self.log_path = tempfile.mktemp(prefix="testee-", suffix=".log", dir=log_dir)
         self.out_dir = tempfile.mkdtemp(prefix="testee-out-", dir=log_dir)
         argv = command(loader)
+        from safeload.conformance.runner import _package_root
+
+        env = dict(os.environ)  # so a testee written in Python finds this package
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
         with open(self.log_path, "wb") as log:
             try:
                 self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                             start_new_session=True)
+                                             start_new_session=True, env=env)
             except OSError as e:
                 raise WorkerStartError(f"testee {argv[0]!r} could not be started: {e}") from e
         self._buf = b""

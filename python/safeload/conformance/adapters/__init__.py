@@ -16,6 +16,8 @@ ADAPTERS = {
     "safeload_fast": "safeload fast loader (safeload.load_file)",
     "safeload_reference": "safeload reference loader (safeload.reference.load_file)",
     "safetensors_torch": "upstream safetensors.torch.load_file",
+    "safetensors_pread": "upstream safetensors 0.9 load_file(backend='pread')",
+    "safetensors_prefetch": "upstream safetensors 0.9 safe_open(...).prefetch() (CUDA only)",
     "fastsafetensors": "fastsafetensors (fastsafe_open, no GDS)",
     "runai_model_streamer": "runai-model-streamer (SafetensorsStreamer)",
     "instanttensor": "InstantTensor (instanttensor.safe_open)",

@@ -2,9 +2,11 @@
 is reused, so each is cloned immediately, as its documentation requires."""
 from __future__ import annotations
 
-from safeload.conformance.adapters import require
+from safeload.conformance.adapters import AdapterUnavailable, require
 
 _it = require("instanttensor", "instanttensor")
+if not require("torch", "torch").cuda.is_available():
+    raise AdapterUnavailable("InstantTensor supports CUDA devices only, and no CUDA device is present")
 
 
 def load_file(path, device="cpu"):
