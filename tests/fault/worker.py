@@ -16,7 +16,8 @@ hang names its case. A case is a dict:
   fault        {kind, fns, nth, count, filter, arg, file} or null
   repeat       runs (default 1); the result is the last run's, with counts of all
                and, when more than one, fds, threads and RSS before and after
-  warmup       runs before the fd / RSS / thread counts are taken (default 0)
+  warmup       runs without the fault before the fd / RSS / thread counts are
+               taken (default 0)
 
 A "concurrent" case runs ``jobs`` (cases without faults) on ``threads``
 threads for ``rounds`` rounds each under the case's fault, while another
@@ -148,8 +149,8 @@ def run_once(case: dict) -> dict:
 
 
 def run_case(case: dict) -> dict:
-    for _ in range(int(case.get("warmup", 0))):
-        run_once(case)
+    for _ in range(int(case.get("warmup", 0))):  # without the fault: first-use setup is not the load's
+        run_once({k: v for k, v in case.items() if k != "fault"})
     measure = int(case.get("repeat", 1)) > 1  # gc.collect() costs a quarter second with torch loaded
     before = counts() if measure else None
     outcomes: dict = {}
