@@ -155,6 +155,7 @@ class safe_open:
         self._taken: set = set()  # names already waited for on the background load
         self._held: Dict[str, torch.Tensor] = {}  # whole tensors kept for further partial slices
         self._served = 0
+        self._again: Optional[_loading.Loading] = None  # reads tensors asked for twice
         #: Called with each tensor handed out (patch() counts them with it).
         self.on_tensor: Optional[Callable[[str], None]] = None
         self._loading = _loading.Loading([filename], self._device, prefetch=prefetch, **options)
@@ -224,6 +225,9 @@ class safe_open:
         if hasattr(self, "_held"):
             with self._lock:
                 self._held.clear()
+                again, self._again = self._again, None
+            if again is not None:
+                again.close()
 
     @property
     def closed(self) -> bool:
@@ -294,9 +298,11 @@ class safe_open:
             self.on_tensor(name)
 
     def _read_again(self, name: str) -> torch.Tensor:
-        """One tensor read on its own, in this thread."""
-        again = _loading.Loading([self._path], self._device, prefetch=False, **self._options)
-        try:
-            return again.wait(name)
-        finally:
-            again.close()
+        """One tensor read on its own, in this thread (a tensor asked for a
+        second time, or after close)."""
+        with self._lock:
+            again = self._again
+            if again is None:
+                again = self._again = _loading.Loading([self._path], self._device, prefetch=False,
+                                                       **self._options)
+        return again.wait(name)
