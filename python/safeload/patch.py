@@ -106,11 +106,15 @@ def _make_replacements(originals: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _capture_originals() -> Dict[str, Any]:
-    import safetensors
-    import safetensors.torch
+    import importlib
 
-    return {"safe_open": safetensors.safe_open, "load_file": safetensors.torch.load_file,
-            "load": safetensors.torch.load}
+    # By module, not attribute: from the SAFELOAD_PATCH hook this runs while
+    # safetensors.torch is still being imported, before its parent has the
+    # attribute.
+    upstream = importlib.import_module("safetensors")
+    upstream_torch = importlib.import_module("safetensors.torch")
+    return {"safe_open": upstream.safe_open, "load_file": upstream_torch.load_file,
+            "load": upstream_torch.load}
 
 
 def _namespaces():

@@ -1,0 +1,125 @@
+"""safeload.patch(): what it routes, where, and that unpatch restores exactly."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import safeload
+
+patching = sys.modules["safeload.patch"]  # the module; safeload.patch is the function
+
+safetensors = pytest.importorskip("safetensors")
+import safetensors.torch  # noqa: E402
+
+ORIGINAL = {"safe_open": safetensors.safe_open, "load_file": safetensors.torch.load_file,
+            "load": safetensors.torch.load, "load_model": safetensors.torch.load_model}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3)}
+    path = str(tmp_path / "m.safetensors")
+    safetensors.torch.save_file(tensors, path)
+    yield path, tensors
+    safeload.unpatch()
+
+
+def test_routes_and_restores(saved):
+    path, tensors = saved
+    model_path = path + ".model.safetensors"
+    safetensors.torch.save_file({"weight": tensors["w"], "bias": tensors["w"][0, :2].clone()}, model_path)
+    importer = types.ModuleType("imported_before_patch")  # like `from safetensors import safe_open`
+    importer.safe_open, importer.load_file = safetensors.safe_open, safetensors.torch.load_file
+    sys.modules[importer.__name__] = importer
+    try:
+        with safeload.patch() as p:
+            assert patching.is_patched()
+            assert safetensors.safe_open is not ORIGINAL["safe_open"]
+            assert importer.safe_open is safetensors.safe_open
+            assert importer.load_file is safetensors.torch.load_file
+            with importer.safe_open(path, framework="pt") as f:
+                assert isinstance(f, safeload.safe_open)
+                assert torch.equal(f.get_tensor("w"), tensors["w"])
+            assert torch.equal(importer.load_file(path)["b"], tensors["b"])
+            assert torch.equal(safetensors.torch.load(open(path, "rb").read())["w"], tensors["w"])
+            model = torch.nn.Linear(3, 2)
+            safetensors.torch.load_model(model, model_path)  # calls the patched load_file
+            assert torch.equal(model.weight, tensors["w"]) and torch.equal(model.bias, tensors["w"][0, :2])
+            # Other frameworks still reach upstream.
+            with safetensors.safe_open(path, framework="numpy") as f:
+                assert type(f).__module__ != "safeload.safe_open"
+            late = types.ModuleType("imported_during_patch")
+            late.safe_open = safetensors.safe_open
+            sys.modules[late.__name__] = late
+        assert p.calls == {"safe_open": 1, "tensors": 7, "load_file": 2, "load": 1}
+        assert not patching.is_patched()
+        assert safetensors.safe_open is ORIGINAL["safe_open"]
+        assert safetensors.torch.load_file is ORIGINAL["load_file"]
+        assert safetensors.torch.load is ORIGINAL["load"]
+        assert safetensors.torch.load_model is ORIGINAL["load_model"]
+        assert importer.safe_open is ORIGINAL["safe_open"] and importer.load_file is ORIGINAL["load_file"]
+        assert late.safe_open is ORIGINAL["safe_open"]
+    finally:
+        sys.modules.pop("imported_before_patch", None)
+        sys.modules.pop("imported_during_patch", None)
+
+
+def test_nesting_and_plain_calls(saved):
+    outer = safeload.patch()
+    with safeload.patch():
+        assert patching.is_patched()
+    assert patching.is_patched()  # the outer plain call is still in force
+    patched = safetensors.torch.load_file
+    safeload.patch()
+    assert safetensors.torch.load_file is patched  # patching twice does not wrap twice
+    assert safeload.unpatch() is True  # undoes every patch in force
+    assert safetensors.torch.load_file is ORIGINAL["load_file"]
+    assert safeload.unpatch() is False
+    outer.release()  # a handle from before unpatch() releases nothing later
+    with safeload.patch():
+        outer.release()
+        assert patching.is_patched()
+    assert not patching.is_patched()
+
+
+def test_errors_keep_upstream_classes(saved, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}")
+    with safeload.patch():
+        for call in (lambda: safetensors.torch.load_file(str(bad)),
+                     lambda: safetensors.safe_open(str(bad), framework="pt"),
+                     lambda: safetensors.torch.load(bad.read_bytes())):
+            with pytest.raises(safetensors.SafetensorError):
+                call()
+        with pytest.raises(safetensors.SafetensorError):  # upstream refuses an unknown backend too
+            safetensors.torch.load_file(saved[0], backend="nonsense")
+
+
+PTH = os.path.join(os.path.dirname(safeload.__file__), "safeload-autopatch.pth")
+CHILD = """
+import site, sys
+site.addsitedir(sys.argv[1])
+print("torch" in sys.modules, "safeload" in sys.modules)
+import safetensors.torch
+print(type(safetensors.torch.load_file).__module__, getattr(safetensors.torch.load_file, "__safeload_patch__", False))
+"""
+
+
+@pytest.mark.parametrize("value,patched", [("1", True), ("0", False), ("", False)])
+def test_environment_variable_through_pth(tmp_path, value, patched):
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "safeload-autopatch.pth").write_text(open(PTH).read())
+    env = dict(os.environ, SAFELOAD_PATCH=value,
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(safeload.__file__))] + sys.path))
+    out = subprocess.run([sys.executable, "-c", CHILD, str(site_dir)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.split("\n")[:2]
+    assert first == "False False"  # the hook imports neither torch nor safeload at start
+    assert second.endswith("True" if patched else "False"), out.stdout + out.stderr
