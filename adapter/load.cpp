@@ -241,7 +241,8 @@ class LoadState {
 };
 
 std::unique_ptr<Loading> Loading::start(Checkpoint checkpoint, c10::Device device, const LoadOptions& options,
-                                        const std::vector<std::string>* only) {
+                                        const std::vector<std::string>* only,
+                                        const std::vector<std::size_t>* ops) {
   validate(options);
   check_device_usable(device);
   auto st = std::make_unique<LoadState>(std::move(checkpoint), device, options);
@@ -313,6 +314,20 @@ std::unique_ptr<Loading> Loading::start(Checkpoint checkpoint, c10::Device devic
                                        st->policy.check_cache ? &st->caches[f] : nullptr});
   }
   st->plan = fast::plan_reads(headers, st->policy.chunk_bytes, only ? &st->wanted : nullptr);
+  if (ops) {
+    SAFELOAD_CHECK(options.chunk_bytes != 0 && !only, ErrorCode::kInvalidArgument,
+                   "a share of a plan's reads needs an explicit chunk_bytes and every tensor");
+    std::vector<fast::ReadOp> share;
+    std::uint64_t bytes = 0;
+    for (std::size_t k : *ops) {
+      SAFELOAD_CHECK(k < st->plan.ops.size(), ErrorCode::kInvalidArgument,
+                     "read " + std::to_string(k) + " is not in the plan of " + std::to_string(st->plan.ops.size()));
+      share.push_back(st->plan.ops[k]);
+      bytes += share.back().length;
+    }
+    st->plan.ops = std::move(share);
+    st->plan.total_bytes = bytes;
+  }
   if (st->policy.slot_count > 0) {
     const bool bounce = st->policy.route == fast::ReadPolicy::Route::kDirect;
     st->slot_owner = slot_memory(st->policy.slot_bytes, st->policy.slot_count, bounce, device);
@@ -355,7 +370,11 @@ std::optional<std::size_t> Loading::find(std::string_view name) const {
 at::Tensor Loading::wait(std::size_t i, long timeout_ms) {
   SAFELOAD_CHECK(i < size() && state_->wanted[i], ErrorCode::kInvalidArgument,
                  "tensor " + std::to_string(i) + " is not part of this load");
-  if (!state_->control->wait_tensor(i, timeout_ms)) return at::Tensor();
+  if (!state_->control->wait_tensor(i, timeout_ms)) {
+    SAFELOAD_CHECK(!state_->control->finished(), ErrorCode::kInvalidArgument,
+                   "tensor '" + state_->infos[i]->name + "' is not read whole by this share of the load");
+    return at::Tensor();
+  }
   if (state_->target) state_->target->synchronize();  // its copies were only issued
   // Nothing of a failed load is handed out, even a tensor that was complete.
   if (std::exception_ptr error = state_->control->error()) std::rethrow_exception(error);

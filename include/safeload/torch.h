@@ -86,9 +86,16 @@ class Loading {
   // `only` (optional): names of the tensors to load; the others are neither
   // allocated nor read. Throws Error(kInvalidArgument) for a name not in the
   // checkpoint.
+  // `ops` (optional): read only these ops (indices into
+  // fast::plan_reads(every shard's header, options.chunk_bytes), which must
+  // then be given): a share of the bytes, for loads split across processes.
+  // Every tensor is still allocated; wait() then serves only tensors the
+  // share covers whole, and take_all() returns every tensor once the share
+  // is read.
   static std::unique_ptr<Loading> start(Checkpoint checkpoint, c10::Device device,
                                         const LoadOptions& options = {},
-                                        const std::vector<std::string>* only = nullptr);
+                                        const std::vector<std::string>* only = nullptr,
+                                        const std::vector<std::size_t>* ops = nullptr);
   ~Loading();
   Loading(const Loading&) = delete;
   Loading& operator=(const Loading&) = delete;

@@ -7,6 +7,7 @@
 #include "safeload/error.h"
 #include "safeload/file.h"
 #include "safeload/header.h"
+#include "safeload/fast.h"
 #include "safeload/options.h"
 #include "safeload/torch.h"
 
@@ -219,6 +220,63 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("threads"), py::arg("chunk_bytes"), py::arg("staging_bytes"), py::arg("staged"), py::arg("io"),
      py::arg("device"), "Validates load options and a device as every load does; raises like a load.");
 
+  m.def("plan", [](const std::vector<PathBytes>& files, const py::object& chunk_bytes) {
+    LoadOptions options;
+    options.chunk_bytes = size_option("chunk_bytes", chunk_bytes);
+    SAFELOAD_CHECK(options.chunk_bytes != 0, ErrorCode::kInvalidArgument, "plan needs an explicit chunk_bytes");
+    validate(options);
+    fast::Plan plan;
+    {
+      py::gil_scoped_release nogil;
+      const Checkpoint checkpoint = Checkpoint::open(files);
+      std::vector<const Header*> headers;
+      for (const Shard& s : checkpoint.shards()) headers.push_back(&s.header);
+      plan = fast::plan_reads(headers, options.chunk_bytes);
+    }
+    py::list ops;
+    for (const fast::ReadOp& op : plan.ops) {
+      py::list segments;
+      for (std::size_t s = 0; s < op.segment_count; ++s) {
+        const fast::Segment& seg = plan.segments[op.first_segment + s];
+        segments.append(py::make_tuple(seg.tensor, seg.tensor_offset, seg.length));
+      }
+      ops.append(py::make_tuple(op.file, op.file_offset, op.length, segments));
+    }
+    return ops;
+  }, py::arg("files"), py::arg("chunk_bytes"),
+     "The read plan over every shard: [(file, file_offset, length, [(tensor, tensor_offset, length)])], "
+     "tensors numbered in file order, as Loading(ops=...) reads it.");
+
+  m.def("read_ranges", [](const PathBytes& path, const std::vector<std::uint64_t>& offsets,
+                          const std::vector<std::uint64_t>& lengths, at::Tensor dst,
+                          const std::vector<std::uint64_t>& dst_offsets, const py::object& threads) {
+    SAFELOAD_CHECK(offsets.size() == lengths.size() && offsets.size() == dst_offsets.size(),
+                   ErrorCode::kInvalidArgument, "read_ranges needs as many offsets, lengths and destinations");
+    SAFELOAD_CHECK(dst.device().is_cpu() && dst.is_contiguous(), ErrorCode::kInvalidArgument,
+                   "read_ranges reads into a contiguous CPU tensor");
+    const std::uint64_t capacity = dst.nbytes();
+    std::vector<fast::Range> ranges;
+    auto* base = static_cast<char*>(dst.mutable_data_ptr());
+    for (std::size_t i = 0; i < offsets.size(); ++i) {
+      SAFELOAD_CHECK(dst_offsets[i] <= capacity && lengths[i] <= capacity - dst_offsets[i], ErrorCode::kInvalidArgument,
+                     "range " + std::to_string(i) + " does not fit the destination");
+      ranges.push_back(fast::Range{offsets[i], lengths[i], base + dst_offsets[i]});
+    }
+    LoadOptions options;
+    options.threads = static_cast<std::size_t>(size_option("threads", threads));
+    validate(options);
+    py::gil_scoped_release nogil;
+    const File file = File::open(path);
+    for (const fast::Range& r : ranges) {
+      SAFELOAD_CHECK(r.file_offset <= file.size() && r.length <= file.size() - r.file_offset, ErrorCode::kInvalidArgument,
+                     "range at " + std::to_string(r.file_offset) + " of " + std::to_string(r.length) +
+                         " bytes runs past the end of '" + path + "'");
+    }
+    fast::read_ranges(file, ranges, *fast::make_executor(options.threads));
+  }, py::arg("path"), py::arg("offsets"), py::arg("lengths"), py::arg("dst"), py::arg("dst_offsets"),
+     py::arg("threads") = py::none(),
+     "Reads byte ranges of a file into a CPU tensor's bytes, in parallel (for slices and shares).");
+
   m.def("reference_load_file", [](const PathBytes& path, const std::string& device) {
     TensorMap tensors = [&] {
       py::gil_scoped_release nogil;
@@ -230,16 +288,18 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Loading>(m, "Loading", "A load running in the background (see safeload/_loading.py).")
       .def(py::init([](const std::vector<PathBytes>& files, const PathBytes& src, const std::string& device,
                        const py::object& threads, const py::object& chunk_bytes, const py::object& staging_bytes,
-                       bool staged, const std::string& io, std::optional<std::vector<std::string>> only) {
+                       bool staged, const std::string& io, std::optional<std::vector<std::string>> only,
+                       std::optional<std::vector<std::size_t>> ops) {
              const LoadOptions options = make_options(threads, chunk_bytes, staging_bytes, staged, io);
              const c10::Device dev = parse_device(device);
              py::gil_scoped_release nogil;
              check_device_usable(dev);
              Checkpoint checkpoint = files.empty() ? Checkpoint::open(src) : Checkpoint::open(files);
-             return Loading::start(std::move(checkpoint), dev, options, only ? &*only : nullptr);
+             return Loading::start(std::move(checkpoint), dev, options, only ? &*only : nullptr,
+                                   ops ? &*ops : nullptr);
            }),
            py::arg("files"), py::arg("src"), py::arg("device"), py::arg("threads"), py::arg("chunk_bytes"),
-           py::arg("staging_bytes"), py::arg("staged"), py::arg("io"), py::arg("only"),
+           py::arg("staging_bytes"), py::arg("staged"), py::arg("io"), py::arg("only"), py::arg("ops") = py::none(),
            "Starts loading `files` (or, when empty, the checkpoint `src` names).")
       .def("names", [](const Loading& l) {
         py::list out;
