@@ -92,6 +92,9 @@ def load(src: Source, device: DeviceLike = "cpu", *, progress: Optional[Progress
         return dict(tensors)
     finally:
         loading.release()
+        # A traceback keeps this frame alive: drop the handle so its files
+        # close now, not when the exception is forgotten.
+        del loading
 
 
 class Loading:
@@ -140,6 +143,7 @@ class Loading:
             return one.wait(name)
         finally:
             one.release()
+            del one
 
     def wait_all(self, progress: Optional[ProgressFn] = None) -> Dict[str, torch.Tensor]:
         """Every tensor, in file order, once all are in."""
