@@ -7,16 +7,29 @@ import re
 import sys
 import time
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 1 << 10, "m": 10**6, "mb": 10**6,
+_UNITS = {"b": 1, "k": 10**3, "kb": 10**3, "kib": 1 << 10, "m": 10**6, "mb": 10**6,
           "mib": 1 << 20, "g": 10**9, "gb": 10**9, "gib": 1 << 30, "t": 10**12, "tb": 10**12,
           "tib": 1 << 40}
 
 
+#: Smallest file worth timing: below this a load takes about as long as
+#: starting a process, a thread or a clock, so GB/s would measure those.
+MIN_MEASURABLE_BYTES = 16 << 20
+
+
 def parse_size(text: str) -> int:
+    """A size with its unit (4GiB, 512MiB, 2GB). A bare number is refused:
+    '--size 1' meaning one byte (or one GiB) is a guess either way."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
     if not m or m.group(2).lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4GiB, 512MiB, 2GB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        hint = " (a size needs a unit)" if m and not m.group(2) else ""
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}{hint}; examples: 4GiB, 512MiB, 2GB")
+    size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if size < MIN_MEASURABLE_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too small to measure: at least {MIN_MEASURABLE_BYTES >> 20} MiB, "
+            "since a smaller load takes about as long as starting it")
+    return size
 
 
 def default_size() -> int:
@@ -137,6 +150,12 @@ def main(argv: list[str]) -> int:
     progress_on = not args.no_progress and sys.stderr.isatty()
     if args.inputs:
         paths = collect_files(args.inputs)
+        total = sum(os.path.getsize(p) for p in paths)
+        if total < MIN_MEASURABLE_BYTES:
+            print(f"safeload bench: {total:,} bytes is too small to measure (at least "
+                  f"{MIN_MEASURABLE_BYTES >> 20} MiB: a smaller load takes about as long as starting it)",
+                  file=sys.stderr)
+            return 2
     else:
         size = args.size or default_size()
         directory = args.cache_dir or default_cache_dir()
