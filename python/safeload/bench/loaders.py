@@ -85,6 +85,13 @@ def _safeload_fast(paths: list[str], device: str, threads: int | None) -> Tensor
     return _merge(paths, lambda p: safeload.load_file(p, device=device, threads=threads))
 
 
+def _safeload_checkpoint(paths: list[str], device: str, threads: int | None) -> Tensors:
+    import safeload
+
+    # Every file in one load: one plan, one executor, one staging ring.
+    return safeload.load_checkpoint(list(paths), device, threads=threads, progress=False)
+
+
 def _safeload_reference(paths: list[str], device: str, threads: int | None) -> Tensors:
     import safeload.reference
 
@@ -171,6 +178,8 @@ def _it_load(paths: list[str], device: str, threads: int | None) -> Tensors:
 LOADERS: tuple[Loader, ...] = (
     Loader("safeload-fast", "safeload fast", "safeload", "part of this project",
            _safeload_unavailable("load_file"), _safeload_fast),
+    Loader("safeload-checkpoint", "safeload load_checkpoint", "safeload", "part of this project",
+           _safeload_unavailable("load_checkpoint"), _safeload_checkpoint),
     Loader("safeload-reference", "safeload reference", "safeload", "part of this project",
            _safeload_unavailable("reference.load_file"), _safeload_reference),
     Loader("safetensors", "safetensors load_file (mmap)", "safetensors.torch", "pip install safetensors",
