@@ -353,6 +353,11 @@ Loading::Loading(std::unique_ptr<LoadState> state) : state_(std::move(state)) {}
 
 Loading::~Loading() {
   cancel();
+  join();
+}
+
+void Loading::join() {
+  std::lock_guard<std::mutex> lock(join_mutex_);
   if (driver_.joinable()) driver_.join();
 }
 
@@ -391,7 +396,7 @@ bool Loading::wait_done(long timeout_ms) {
 
 std::vector<std::pair<std::string, at::Tensor>> Loading::take_all() {
   wait_done();
-  if (driver_.joinable()) driver_.join();
+  join();
   if (std::exception_ptr error = state_->control->error()) {
     release();
     std::rethrow_exception(error);
@@ -408,7 +413,8 @@ void Loading::cancel() noexcept { state_->control->cancel(); }
 
 void Loading::release() noexcept {
   cancel();
-  if (driver_.joinable()) driver_.join();
+  join();
+  std::lock_guard<std::mutex> lock(join_mutex_);  // one release at a time
   if (!state_->control->error()) {
     state_->control->finish(std::make_exception_ptr(Error(ErrorCode::kCancelled, "the load was released")));
   }

@@ -10,6 +10,7 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -131,7 +132,9 @@ class Loading {
 
  private:
   explicit Loading(std::unique_ptr<LoadState> state);
+  void join();  // waits for the driver thread, once, whoever asks
   std::unique_ptr<LoadState> state_;
+  std::mutex join_mutex_;
   std::thread driver_;
 };
 
