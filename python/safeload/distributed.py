@@ -1,0 +1,690 @@
+"""Loading one checkpoint on many ranks with ``torch.distributed``.
+
+``load_checkpoint(src, device, group=..., mode="replicate")`` gives every rank
+of ``group`` the same tensors as ``safeload.load_checkpoint(src, device)``
+while each rank reads only a disjoint, byte-balanced share of the data from
+storage; the shares are then exchanged with broadcasts on the group's
+backend (gloo for CPU tensors, NCCL for CUDA ones). ``mode="shard"`` is for
+tensor parallelism: each rank reads only the bytes of the slices it keeps,
+with no exchange.
+
+How a replicated load runs, on every rank:
+
+1. Prepare: resolve the shard files, read and validate their headers, and
+   plan the reads over every shard with one explicit chunk size (so every
+   rank computes the same plan, ``_C.plan``). The plan's reads are cut into
+   one contiguous, byte-balanced share per rank (per node-local rank with
+   ``per_node=True``).
+2. The ranks agree: each sends a small fixed-size status (its error, if
+   any, and a digest of what it planned) to all others. If any rank failed,
+   every rank raises that rank's error (the lowest failing rank's), naming
+   it; if two ranks planned different checkpoints, every rank raises
+   ``ValueError``.
+3. Read: ``_C.Loading(ops=share)`` allocates every destination on the
+   device and reads this rank's share into it. The ranks agree again.
+4. Exchange: for each rank's share in turn, its bytes are broadcast from
+   that rank, at most ``EXCHANGE_BYTES`` per collective: large runs of one
+   tensor straight from and into the destinations, small tensors packed
+   into a bounded buffer. The ranks agree a last time, and only then is
+   anything returned.
+
+Every collective waits at most ``timeout`` (default: the group's timeout);
+past it the rank raises ``TimeoutError``. A rank that fails before a
+collective still joins the agreement, so no rank waits for it. After a
+timeout or a lost peer the group's state is undefined (as for any
+``torch.distributed`` collective that did not complete): end the job.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import socket
+import struct
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+
+from safeload import _C, _loading
+from safeload._device import DeviceLike, device_string
+from safeload._errors import SafetensorError
+
+__all__ = ["load_checkpoint", "split", "MODES"]
+
+MODES = ("replicate", "shard")
+
+#: The largest chunk an automatic plan uses (each rank's share is cut at
+#: chunk boundaries; smaller checkpoints get smaller chunks, so that every
+#: rank's share stays within a few percent of 1/ranks).
+MAX_AUTO_CHUNK_BYTES = 16 << 20
+#: The most bytes one collective of the exchange moves (and the size of a
+#: pack buffer: at most ``_DEPTH`` of them exist at a time).
+EXCHANGE_BYTES = 32 << 20
+#: Runs of one tensor at least this long are broadcast in place, without packing.
+_IN_PLACE_BYTES = 1 << 20
+#: Collectives of the exchange in flight at a time.
+_DEPTH = 2
+#: Bytes of the status every rank sends at each agreement.
+_STATUS_BYTES = 16384
+#: The host bounce buffer for slices read for a device that is not the CPU.
+_BOUNCE_BYTES = 64 << 20
+
+ShardSpec = Union[Tuple[int, Optional[int], Optional[int]], Callable[[int, int, List[int]], Tuple[int, Optional[int], Optional[int]]]]
+
+
+def split(dim: int) -> Callable[[int, int, List[int]], Tuple[int, int, int]]:
+    """A shard spec that cuts dimension ``dim`` into ``world`` contiguous
+    parts as ``torch.tensor_split`` does (the first ``size % world`` parts
+    one longer): rank ``r`` keeps part ``r``."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, not {type(dim).__name__}")
+
+    def spec(rank: int, world: int, shape: List[int]) -> Tuple[int, int, int]:
+        if not -len(shape) <= dim < len(shape):
+            raise IndexError(f"dimension {dim} is out of range for a tensor of shape {list(shape)}")
+        size = shape[dim]
+        base, extra = divmod(size, world)
+        start = rank * base + min(rank, extra)
+        return dim, start, start + base + (1 if rank < extra else 0)
+
+    spec.__qualname__ = f"split({dim})"
+    return spec
+
+
+def load_checkpoint(src, device: DeviceLike = "cpu", *, group: Optional[dist.ProcessGroup] = None,
+                    mode: str = "replicate", per_node: bool = False,
+                    shards: Optional[Mapping[str, ShardSpec]] = None,
+                    timeout: Union[None, float, datetime.timedelta] = None,
+                    report: Optional[dict] = None, **options) -> Dict[str, torch.Tensor]:
+    """Loads the checkpoint ``src`` on every rank of ``group`` (default: the
+    world), each rank reading a share of it. Call it on every rank of the
+    group, with the same ``src`` (as each rank sees it), ``mode``,
+    ``per_node``, ``shards`` and options; ``device`` is this rank's own
+    (``"cpu"``, or e.g. ``f"cuda:{local_rank}"``).
+
+    ``src`` is what ``safeload.load_checkpoint`` takes: a file, a directory,
+    an index or a list of files. ``options`` are its load options; a
+    ``chunk_bytes`` given here is the plan's chunk size on every rank.
+
+    ``mode="replicate"`` (default): every rank ends with every tensor,
+    bitwise equal to ``safeload.load_checkpoint(src, device)`` and in its
+    order; each rank reads about 1/ranks of the data and receives the rest
+    from the other ranks. ``per_node=True``: the ranks of one node (same
+    host name) split that node's reads and exchange among themselves, and
+    every node reads the whole checkpoint: for storage that caches per node,
+    or nodes whose interconnect is slower than their local storage.
+
+    ``mode="shard"``: ``shards`` maps a tensor name to the part this rank
+    keeps: ``(dim, start, stop)`` or a callable ``(rank, world, shape) ->
+    (dim, start, stop)`` (``split(dim)`` cuts ``dim`` evenly), ``rank`` and
+    ``world`` being the group's. The result is the tensor indexed with
+    ``start:stop`` along ``dim`` (``None`` ends and negative values as in
+    Python), equal to ``safe_open(file).get_slice(name)[:, ..., start:stop]``
+    with ``dim`` full slices before it, and reading only those bytes:
+    one read for a slice of dimension 0, one per row of the dimensions
+    before ``dim`` otherwise. No bytes are exchanged. Tensors not named in
+    ``shards`` are loaded whole by every rank (replicated).
+
+    ``timeout`` (seconds or a ``timedelta``; default the group's) bounds
+    each wait for the other ranks; past it the rank raises ``TimeoutError``.
+
+    ``report``, a dict, is filled with what this rank did: ``mode``,
+    ``rank``, ``ranks``, ``read_ranks`` (the ranks that split this rank's
+    reads), ``chunk_bytes``, ``bytes_total`` (the checkpoint's data),
+    ``bytes_read`` (read from storage by this rank), ``bytes_sent`` and
+    ``bytes_received`` (exchanged), ``seconds_read``, ``seconds_exchange``.
+
+    Errors are collective: a malformed or missing shard, an I/O error or a
+    bad argument on any rank makes every rank raise that error (same class,
+    same ``code``), the message starting ``rank R of N:``. Nothing is
+    returned anywhere unless every rank succeeded.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("safeload.distributed.load_checkpoint needs torch.distributed: "
+                           "call torch.distributed.init_process_group first (torchrun sets up its environment)")
+    comm = _Comm(group if group is not None else dist.group.WORLD, device, timeout)
+    started = time.perf_counter()
+    out: Dict[str, Any] = {"mode": mode, "rank": comm.rank, "ranks": comm.size, "read_ranks": [comm.rank],
+                           "bytes_read": 0, "bytes_sent": 0, "bytes_received": 0,
+                           "seconds_read": 0.0, "seconds_exchange": 0.0}
+
+    # 1. Prepare, then agree.
+    prepared: Optional[_Prepared] = None
+    error: Optional[BaseException] = None
+    try:
+        prepared = _prepare(src, device, mode, per_node, shards, comm, options)
+    except BaseException as e:  # shared with every rank below, then raised
+        error = e
+    infos = comm.agree(error, {"node": _node_name(), "digest": prepared.digest if prepared else ""},
+                       "checking the checkpoint")
+    digests = [i["digest"] for i in infos]
+    if len(set(digests)) > 1:
+        other = next(r for r, d in enumerate(digests) if d != digests[0])
+        raise ValueError(f"rank {other} of {comm.size} planned a different load than rank 0 (other files, "
+                         f"tensors, shapes, chunk_bytes, mode or per_node): every rank must load the same "
+                         f"checkpoint with the same options")
+    assert prepared is not None
+    out["chunk_bytes"] = prepared.chunk_bytes
+    out["bytes_total"] = prepared.bytes_total
+
+    if mode == "shard":
+        result = _load_shards(prepared, comm, out)
+    else:
+        result = _load_replicated(prepared, comm, infos, per_node, out)
+    out["seconds"] = time.perf_counter() - started
+    if report is not None:
+        report.update(out)
+    return result
+
+
+# --- the group and its agreements -------------------------------------------------
+
+
+class _Comm:
+    """The group, the device its collectives use, and a timeout on every wait."""
+
+    def __init__(self, group, device: DeviceLike, timeout):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        if self.rank < 0:
+            raise ValueError("this process is not a member of the group it was asked to load with")
+        self.size = dist.get_world_size(group)
+        self.backend = str(dist.get_backend(group))
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+            if timeout <= 0:
+                raise ValueError(f"timeout must be positive, not {timeout}")
+            timeout = datetime.timedelta(seconds=timeout)
+        elif timeout is not None and not isinstance(timeout, datetime.timedelta):
+            raise TypeError(f"timeout must be seconds or a datetime.timedelta, not {type(timeout).__name__}")
+        self.timeout: Optional[datetime.timedelta] = timeout
+        # Statuses travel on the CPU where the backend takes CPU tensors
+        # (gloo, or "cpu:gloo,cuda:nccl"), else on this rank's CUDA device.
+        if "gloo" in self.backend or "mpi" in self.backend:
+            self.status_device = torch.device("cpu")
+        else:
+            dev = torch.device(device_string(device)) if not isinstance(device, torch.device) else device
+            index = dev.index if dev.type == "cuda" and dev.index is not None else torch.cuda.current_device()
+            self.status_device = torch.device("cuda", index)
+
+    def wait(self, work, what: str) -> None:
+        try:
+            if self.timeout is None:
+                work.wait()
+            else:
+                work.wait(self.timeout)
+        except RuntimeError as e:
+            if "timed out" in str(e).lower() or "timeout" in str(e).lower():
+                limit = f"{self.timeout.total_seconds():g} s" if self.timeout else "the group's timeout"
+                raise TimeoutError(f"rank {self.rank} of {self.size}: no answer from every rank within {limit} "
+                                   f"while {what}; the group cannot be used any more") from e
+            raise RuntimeError(f"rank {self.rank} of {self.size}: a collective failed while {what}: {e}") from e
+
+    def agree(self, error: Optional[BaseException], info: dict, what: str) -> List[dict]:
+        """Every rank's ``info``, once every rank reported; raises on every
+        rank the error of the lowest rank that had one."""
+        described = _describe(error)
+        status = json.dumps({"error": described, "info": info}).encode()
+        while len(status) > _STATUS_BYTES - 4 and described:  # a very long message or path: keep its start
+            for key in ("message", "strerror", "filename"):
+                if described and described[key]:
+                    described[key] = described[key][: len(described[key]) // 2] + "..."
+            status = json.dumps({"error": described, "info": info}).encode()
+        mine = torch.zeros(_STATUS_BYTES, dtype=torch.uint8)
+        mine[:4] = torch.tensor(list(struct.pack("<I", len(status))), dtype=torch.uint8)
+        mine[4:4 + len(status)] = torch.frombuffer(bytearray(status), dtype=torch.uint8)
+        mine = mine.to(self.status_device)
+        every = [torch.empty_like(mine) for _ in range(self.size)]
+        try:
+            self.wait(dist.all_gather(every, mine, group=self.group, async_op=True), what)
+        except BaseException as e:
+            if error is not None:  # this rank's own failure is the news; the lost agreement follows from it
+                raise error from e
+            raise
+        decoded = []
+        for t in every:
+            raw = bytes(t.cpu().numpy())
+            (n,) = struct.unpack("<I", raw[:4])
+            decoded.append(json.loads(raw[4:4 + n].decode()))
+        for r, d in enumerate(decoded):
+            if d["error"] is not None:
+                if r == self.rank and isinstance(error, KeyboardInterrupt):
+                    raise error
+                raise _rebuild(r, self.size, d["error"]) from error
+        return [d["info"] for d in decoded]
+
+
+def _describe(error: Optional[BaseException]) -> Optional[dict]:
+    if error is None:
+        return None
+    d = {"type": type(error).__name__, "message": str(error), "code": None, "errno": None,
+         "strerror": None, "filename": None}
+    if isinstance(error, SafetensorError):
+        d["type"] = "SafetensorError"
+        d["code"] = error.code
+    elif isinstance(error, OSError):
+        d["errno"] = error.errno
+        d["strerror"] = error.strerror
+        d["filename"] = os.fsdecode(error.filename) if isinstance(error.filename, (str, bytes)) else None
+    elif isinstance(error, KeyError) and error.args:
+        d["message"] = str(error.args[0])
+    return d
+
+
+_REBUILT = {c.__name__: c for c in (ValueError, TypeError, KeyError, IndexError, MemoryError, RuntimeError,
+                                    NotImplementedError, TimeoutError, OSError)}
+
+
+def _rebuild(rank: int, size: int, d: dict) -> BaseException:
+    """The error rank ``rank`` reported, as the same class, naming the rank."""
+    where = f"rank {rank} of {size}"
+    if d["type"] == "SafetensorError":
+        return SafetensorError(f"{where}: {d['message']}", d["code"])
+    if d["errno"] is not None:  # OSError picks the subclass (FileNotFoundError, ...) from errno
+        args = (d["errno"], f"{where}: {d['strerror']}") + ((d["filename"],) if d["filename"] is not None else ())
+        return OSError(*args)
+    if d["type"] == "KeyboardInterrupt":
+        return RuntimeError(f"{where} was interrupted (KeyboardInterrupt)")
+    cls = _REBUILT.get(d["type"])
+    if cls is None:
+        return RuntimeError(f"{where}: {d['type']}: {d['message']}")
+    return cls(f"{where}: {d['message']}")
+
+
+def _node_name() -> str:
+    """What tells nodes apart for ``per_node``: the host name."""
+    return socket.gethostname()
+
+
+# --- preparing: the same pure decisions on every rank -------------------------------
+
+
+class _Prepared:
+    def __init__(self):
+        self.files: List[bytes] = []
+        self.one = b""                 # the source, when the C++ side resolves it (checks the index)
+        self.device = "cpu"
+        self.options: dict = {}
+        self.headers: List[dict] = []
+        self.names: List[str] = []
+        self.chunk_bytes = 0
+        self.bytes_total = 0
+        self.plan: list = []
+        self.slices: Dict[str, Tuple[int, int, int]] = {}
+        self.digest = ""
+
+
+def _auto_chunk(total: int, parts: int) -> int:
+    """About 16 reads per share, at most MAX_AUTO_CHUNK_BYTES, whole 64 KiB units."""
+    unit = 64 << 10
+    chunk = min(MAX_AUTO_CHUNK_BYTES, max(unit, total // (16 * max(parts, 1))))
+    return chunk // unit * unit
+
+
+def _prepare(src, device, mode, per_node, shards, comm: _Comm, options: dict) -> _Prepared:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
+    if mode == "replicate" and shards is not None:
+        raise ValueError("shards are for mode='shard'")
+    if shards is not None and not isinstance(shards, Mapping):
+        raise TypeError(f"shards must be a mapping of tensor name to (dim, start, stop) or a callable, "
+                        f"not {type(shards).__name__}")
+    p = _Prepared()
+    p.options = _loading._options(dict(options))
+    p.device = device_string(device)
+    _C.check_options(p.options["threads"], p.options["chunk_bytes"], p.options["staging_bytes"],
+                     bool(p.options["staged"]), p.options["io"], p.device)
+    if p.device != "cpu" and comm.status_device.type == "cpu" and "gloo" not in comm.backend:
+        raise ValueError(f"the group's backend {comm.backend!r} cannot exchange tensors on {p.device}")
+    if p.device == "cpu" and comm.status_device.type != "cpu":
+        raise ValueError(f"the group's backend {comm.backend!r} cannot exchange CPU tensors: use a gloo group "
+                         f"for device 'cpu'")
+    p.files, p.one = _loading._sources(src)
+    if p.one:
+        p.files = _C.resolve_checkpoint(p.one)[0]
+    p.headers = [_C.read_header(f) for f in p.files]
+    p.names = [t[0] for h in p.headers for t in h["tensors"]]
+    p.bytes_total = sum(h["data_length"] for h in p.headers)
+    p.chunk_bytes = p.options["chunk_bytes"] or _auto_chunk(p.bytes_total, comm.size)
+    if mode == "replicate":
+        p.plan = _C.plan(p.files, p.chunk_bytes)
+    else:
+        p.slices = _resolve_slices(p, shards or {}, comm.rank, comm.size)
+    digest = hashlib.sha256()
+    digest.update(json.dumps([mode, bool(per_node), p.chunk_bytes, p.device.split(":")[0],
+                              [[list(t) for t in h["tensors"]] for h in p.headers],
+                              sorted(p.slices) if mode == "shard" else None]).encode())
+    p.digest = digest.hexdigest()
+    return p
+
+
+def _split_shares(lengths: Sequence[int], parts: int) -> List[Tuple[int, int]]:
+    """Contiguous index ranges, one per part, balanced by bytes: item i goes
+    to the part its byte midpoint falls in, so no share is off 1/parts by
+    more than half an item."""
+    total = sum(lengths)
+    bounds = [0] * (parts + 1)
+    owner_of = []
+    done = 0
+    for n in lengths:
+        owner_of.append(min(parts - 1, (2 * done + n) * parts // (2 * total)) if total else 0)
+        done += n
+    for k in range(parts):
+        bounds[k + 1] = bounds[k] + sum(1 for o in owner_of if o == k)
+    return [(bounds[k], bounds[k + 1]) for k in range(parts)]
+
+
+# --- replicate ---------------------------------------------------------------------
+
+
+def _load_replicated(p: _Prepared, comm: _Comm, infos: List[dict], per_node: bool,
+                     out: dict) -> Dict[str, torch.Tensor]:
+    ex_group, members = _exchange_group(comm, infos, per_node)
+    me = members.index(comm.rank)
+    out["read_ranks"] = members
+    shares = _split_shares([op[2] for op in p.plan], len(members))
+    first, last = shares[me]
+
+    # 2. Read this rank's share into destinations allocated first, then agree.
+    t0 = time.perf_counter()
+    tensors: List[torch.Tensor] = []
+    error: Optional[BaseException] = None
+    try:
+        tensors = _read_share(p, list(range(first, last)), out)
+    except BaseException as e:
+        error = e
+    comm.agree(error, {}, "reading the shares")
+    out["seconds_read"] = time.perf_counter() - t0
+
+    # 3. Exchange within the reading group, then agree that every rank has everything.
+    t0 = time.perf_counter()
+    error = None
+    try:
+        if len(members) > 1:
+            _exchange(p, tensors, shares, ex_group, me, comm, out)
+    except BaseException as e:
+        error = e
+    comm.agree(error, {}, "exchanging the shares")
+    out["seconds_exchange"] = time.perf_counter() - t0
+    return dict(zip(p.names, tensors))
+
+
+def _read_share(p: _Prepared, ops: List[int], out: dict) -> List[torch.Tensor]:
+    o = p.options
+    loading = _C.Loading(p.files if not p.one else [], p.one, p.device, o["threads"], p.chunk_bytes,
+                         o["staging_bytes"], bool(o["staged"]), o["io"], None, ops)
+    try:
+        pairs = loading.wait_all()
+        out["bytes_read"] = loading.report()["bytes_done"]
+    finally:
+        loading.release()
+    if [n for n, _ in pairs] != p.names:
+        raise SafetensorError(f"the checkpoint changed between planning and loading: its tensors are not the "
+                              f"ones planned", "INVALID_ARGUMENT")
+    return [t for _, t in pairs]
+
+
+_NODE_GROUPS: Dict[tuple, Any] = {}
+
+
+def _exchange_group(comm: _Comm, infos: List[dict], per_node: bool):
+    """The group that splits this rank's reads, and its members as ranks of ``comm``."""
+    if not per_node:
+        return comm.group, list(range(comm.size))
+    mine = infos[comm.rank]["node"]
+    members = [r for r, i in enumerate(infos) if i["node"] == mine]
+    if len(members) == comm.size or len(members) == 1:
+        return comm.group, members
+    global_ranks = tuple(dist.get_global_rank(comm.group, r) for r in members)
+    key = (id(dist.group.WORLD), global_ranks, comm.backend)
+    if key not in _NODE_GROUPS:
+        # Only the ranks of this node create its group (the groups of
+        # different nodes are disjoint, so their creation cannot deadlock).
+        kwargs = {"timeout": comm.timeout} if comm.timeout is not None else {}
+        _NODE_GROUPS[key] = (dist.group.WORLD, dist.new_group(list(global_ranks), backend=comm.backend,
+                                                              use_local_synchronization=True, **kwargs))
+    return _NODE_GROUPS[key][1], members
+
+
+def _byte_view(t: torch.Tensor) -> torch.Tensor:
+    """A flat uint8 view of a contiguous tensor's bytes, whatever its dtype."""
+    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(
+        t.untyped_storage(), t.storage_offset() * t.element_size(), (t.nbytes,), (1,))
+
+
+def _batches(plan: list, first: int, last: int) -> List[List[Tuple[int, int, int]]]:
+    """The segments of ops[first:last] as the exchange moves them: runs of
+    one tensor merged, then cut into batches of at most EXCHANGE_BYTES; a
+    batch of one segment travels in place, a batch of several is packed."""
+    runs: List[List[int]] = []
+    for op in plan[first:last]:
+        for tensor, offset, length in op[3]:
+            if runs and runs[-1][0] == tensor and runs[-1][1] + runs[-1][2] == offset:
+                runs[-1][2] += length
+            else:
+                runs.append([tensor, offset, length])
+    batches: List[List[Tuple[int, int, int]]] = []
+    pack: List[Tuple[int, int, int]] = []
+    packed = 0
+    for tensor, offset, length in runs:
+        if length >= _IN_PLACE_BYTES:
+            if pack:
+                batches.append(pack)
+                pack, packed = [], 0
+            for o in range(offset, offset + length, EXCHANGE_BYTES):
+                batches.append([(tensor, o, min(EXCHANGE_BYTES, offset + length - o))])
+            continue
+        if packed + length > EXCHANGE_BYTES:
+            batches.append(pack)
+            pack, packed = [], 0
+        pack.append((tensor, offset, length))
+        packed += length
+    if pack:
+        batches.append(pack)
+    return batches
+
+
+def _exchange(p: _Prepared, tensors: List[torch.Tensor], shares, group, me: int, comm: _Comm, out: dict) -> None:
+    views = [_byte_view(t) for t in tensors]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    buffers: List[Optional[torch.Tensor]] = [None] * _DEPTH
+    pending: List[tuple] = []  # (work, buffer index or None, batch, owner)
+    sent = received = 0
+
+    def finish(entry) -> None:
+        nonlocal received
+        work, slot, batch, owner = entry
+        comm.wait(work, "exchanging the shares")
+        if owner != me and slot is not None:
+            buf = buffers[slot]
+            at = 0
+            for tensor, offset, length in batch:
+                views[tensor][offset:offset + length].copy_(buf[at:at + length])
+                at += length
+
+    slot_turn = 0
+    for owner, (first, last) in enumerate(shares):
+        for batch in _batches(p.plan, first, last):
+            size = sum(n for _, _, n in batch)
+            if owner == me:
+                sent += size
+            else:
+                received += size
+            if len(pending) == _DEPTH:
+                finish(pending.pop(0))
+            if len(batch) == 1:
+                tensor, offset, length = batch[0]
+                work = dist.broadcast(views[tensor][offset:offset + length], group=group, group_src=owner,
+                                      async_op=True)
+                pending.append((work, None, batch, owner))
+                continue
+            slot = slot_turn
+            slot_turn = (slot_turn + 1) % _DEPTH
+            if buffers[slot] is None:
+                buffers[slot] = torch.empty(EXCHANGE_BYTES, dtype=torch.uint8, device=device)
+            buf = buffers[slot][:size]
+            if owner == me:
+                at = 0
+                for tensor, offset, length in batch:
+                    buf[at:at + length].copy_(views[tensor][offset:offset + length])
+                    at += length
+            work = dist.broadcast(buf, group=group, group_src=owner, async_op=True)
+            pending.append((work, slot, batch, owner))
+    while pending:
+        finish(pending.pop(0))
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    out["bytes_sent"] = sent
+    out["bytes_received"] = received
+
+
+# --- shard -------------------------------------------------------------------------
+
+_TORCH_DTYPES: Dict[str, Tuple[torch.dtype, int]] = {}
+
+
+def _torch_dtype(dtype: str) -> Tuple[torch.dtype, int]:
+    """(torch dtype, format elements per torch element) of a format dtype,
+    as the loader maps it: asked of the loader itself with an 8-element
+    probe, so this module spells no dtype."""
+    if dtype not in _TORCH_DTYPES:
+        import safeload
+
+        bits = safeload.DTYPES[dtype]
+        header = json.dumps({"p": {"dtype": dtype, "shape": [8], "data_offsets": [0, bits]}}).encode()
+        t = safeload.load(struct.pack("<Q", len(header)) + header + bytes(bits))["p"]
+        _TORCH_DTYPES[dtype] = (t.dtype, 8 // t.shape[0])
+    return _TORCH_DTYPES[dtype]
+
+
+def _torch_shape(name: str, dtype: str, shape: List[int], per: int) -> List[int]:
+    if per == 1:
+        return list(shape)
+    if not shape or shape[-1] % per:
+        raise SafetensorError(f"tensor '{name}' of {dtype} has shape {shape}: torch packs {per} {dtype} values "
+                              f"per element along the last dimension, which {shape[-1] if shape else 'a scalar'} "
+                              f"does not allow", "UNSUPPORTED_DTYPE")
+    return list(shape[:-1]) + [shape[-1] // per]
+
+
+def _resolve_slices(p: _Prepared, shards: Mapping[str, ShardSpec], rank: int, world: int):
+    """name -> (dim, start, stop) normalised against the torch shape, as
+    indexing the loaded tensor with ``start:stop`` along ``dim`` would."""
+    infos = {t[0]: t for h in p.headers for t in h["tensors"]}
+    slices = {}
+    for name, spec in shards.items():
+        if name not in infos:
+            raise KeyError(f"shards names tensor '{name}', which the checkpoint does not hold")
+        _, dtype, shape, _, _ = infos[name]
+        tdtype, per = _torch_dtype(dtype)
+        tshape = _torch_shape(name, dtype, shape, per)
+        if callable(spec):
+            spec = spec(rank, world, list(tshape))
+        if not isinstance(spec, (tuple, list)) or len(spec) != 3:
+            raise TypeError(f"the shard of '{name}' must be (dim, start, stop), not {spec!r}")
+        dim, start, stop = spec
+        for what, v in (("dim", dim), ("start", start), ("stop", stop)):
+            if (isinstance(v, bool) or not isinstance(v, int)) and not (v is None and what != "dim"):
+                raise TypeError(f"the shard of '{name}': {what} must be an int, not {v!r}")
+        if not -len(tshape) <= dim < len(tshape):
+            raise IndexError(f"the shard of '{name}': dimension {dim} is out of range for shape {tshape}")
+        dim %= len(tshape)
+        s, e, _ = slice(start, stop).indices(tshape[dim])  # Python's (and torch's) clamping
+        slices[name] = (dim, s, max(s, e))
+    return slices
+
+
+def _slice_runs(tshape: List[int], esize: int, dim: int, start: int, stop: int, base: int):
+    """(file offsets, lengths, destination offsets) of a slice's bytes: one
+    run per index of the dimensions before ``dim``, merged where adjacent."""
+    row = esize
+    for n in tshape[dim + 1:]:
+        row *= n
+    outer = 1
+    for n in tshape[:dim]:
+        outer *= n
+    length = (stop - start) * row
+    if length == 0 or outer == 0:
+        return [], [], []
+    if stop - start == tshape[dim]:  # whole rows: one run
+        return [base], [outer * length], [0]
+    step = tshape[dim] * row
+    return ([base + i * step + start * row for i in range(outer)], [length] * outer,
+            [i * length for i in range(outer)])
+
+
+def _load_shards(p: _Prepared, comm: _Comm, out: dict) -> Dict[str, torch.Tensor]:
+    t0 = time.perf_counter()
+    result: Dict[str, torch.Tensor] = {}
+    error: Optional[BaseException] = None
+    try:
+        result = _read_shards(p, out)
+    except BaseException as e:
+        error = e
+    comm.agree(error, {}, "reading the slices")
+    out["seconds_read"] = time.perf_counter() - t0
+    return result
+
+
+def _read_shards(p: _Prepared, out: dict) -> Dict[str, torch.Tensor]:
+    o = p.options
+    rest = [n for n in p.names if n not in p.slices]
+    # The replicated rest, through the loader (which also checks an index
+    # against the shards, whatever it holds).
+    loading = _C.Loading(p.files if not p.one else [], p.one, p.device, o["threads"], o["chunk_bytes"],
+                         o["staging_bytes"], bool(o["staged"]), o["io"], rest)
+    try:
+        whole = dict(loading.wait_all())
+        bytes_read = loading.report()["bytes_done"]
+    finally:
+        loading.release()
+    device = torch.device(p.device)
+    parts: Dict[str, torch.Tensor] = {}
+    for path, header in zip(p.files, p.headers):
+        for name, dtype, shape, begin, end in header["tensors"]:
+            if name not in p.slices:
+                continue
+            tdtype, per = _torch_dtype(dtype)
+            tshape = _torch_shape(name, dtype, shape, per)
+            dim, start, stop = p.slices[name]
+            part_shape = list(tshape)
+            part_shape[dim] = stop - start
+            part = torch.empty(part_shape, dtype=tdtype, device=device)
+            esize = part.element_size()
+            offsets, lengths, dst = _slice_runs(tshape, esize, dim, start, stop, header["data_start"] + begin)
+            _read_runs(path, offsets, lengths, dst, part, o["threads"])
+            bytes_read += sum(lengths)
+            parts[name] = part
+    out["bytes_read"] = bytes_read
+    return {n: (parts[n] if n in parts else whole[n]) for n in p.names}
+
+
+def _read_runs(path: bytes, offsets, lengths, dst_offsets, part: torch.Tensor, threads) -> None:
+    if not offsets:
+        return
+    # A small slice reads on the caller's thread (no reader threads to start).
+    threads = 1 if sum(lengths) < (4 << 20) and threads is None else threads
+    if part.device.type == "cpu":
+        _C.read_ranges(path, offsets, lengths, _byte_view(part), dst_offsets, threads)
+        return
+    # Another device: through a bounded host buffer, BOUNCE bytes at a time.
+    view = _byte_view(part)
+    bounce = torch.empty(min(_BOUNCE_BYTES, sum(lengths)), dtype=torch.uint8,
+                         pin_memory=torch.cuda.is_available() and part.device.type == "cuda")
+    pieces = [(f + k, min(_BOUNCE_BYTES, n - k), d + k)
+              for f, n, d in zip(offsets, lengths, dst_offsets) for k in range(0, n, _BOUNCE_BYTES)]
+    i = 0
+    while i < len(pieces):
+        batch, used = [], 0
+        while i < len(pieces) and used + pieces[i][1] <= bounce.numel():
+            batch.append(pieces[i])
+            used += pieces[i][1]
+            i += 1
+        at = [0]
+        for _, n, _ in batch[:-1]:
+            at.append(at[-1] + n)
+        _C.read_ranges(path, [b[0] for b in batch], [b[1] for b in batch], bounce, at, threads)
+        for (_, n, d), a in zip(batch, at):
+            view[d:d + n].copy_(bounce[a:a + n])
