@@ -203,7 +203,8 @@ bool all_cached(const std::vector<fast::CacheMap>& caches, const Checkpoint& che
 // Everything one load owns; the driver thread and waiters share it.
 class LoadState {
  public:
-  Checkpoint checkpoint;
+  std::shared_ptr<const Checkpoint> shared;  // may be shared by several loads
+  const Checkpoint& checkpoint;
   c10::Device device;
   LoadOptions options;
   std::vector<const TensorInfo*> infos;   // every tensor, file order
@@ -223,7 +224,8 @@ class LoadState {
   std::unique_ptr<fast::Executor> executor;
   std::unique_ptr<fast::LoadControl> control;
 
-  LoadState(Checkpoint c, c10::Device d, LoadOptions o) : checkpoint(std::move(c)), device(d), options(std::move(o)) {}
+  LoadState(std::shared_ptr<const Checkpoint> c, c10::Device d, LoadOptions o)
+      : shared(std::move(c)), checkpoint(*shared), device(d), options(std::move(o)) {}
 
   void run() noexcept {
     std::exception_ptr error;
@@ -243,8 +245,16 @@ class LoadState {
 std::unique_ptr<Loading> Loading::start(Checkpoint checkpoint, c10::Device device, const LoadOptions& options,
                                         const std::vector<std::string>* only,
                                         const std::vector<std::size_t>* ops) {
+  return start(std::make_shared<const Checkpoint>(std::move(checkpoint)), device, options, only, ops);
+}
+
+std::unique_ptr<Loading> Loading::start(std::shared_ptr<const Checkpoint> checkpoint, c10::Device device,
+                                        const LoadOptions& options,
+                                        const std::vector<std::string>* only,
+                                        const std::vector<std::size_t>* ops) {
   validate(options);
   check_device_usable(device);
+  SAFELOAD_INTERNAL_ASSERT(checkpoint != nullptr, "a load needs a checkpoint");
   auto st = std::make_unique<LoadState>(std::move(checkpoint), device, options);
   const Checkpoint& cp = st->checkpoint;
 

@@ -97,6 +97,12 @@ class Loading {
                                         const LoadOptions& options = {},
                                         const std::vector<std::string>* only = nullptr,
                                         const std::vector<std::size_t>* ops = nullptr);
+  // The same over a checkpoint opened once and shared by several loads (its
+  // headers are validated once; its files stay open while any load uses it).
+  static std::unique_ptr<Loading> start(std::shared_ptr<const Checkpoint> checkpoint, c10::Device device,
+                                        const LoadOptions& options = {},
+                                        const std::vector<std::string>* only = nullptr,
+                                        const std::vector<std::size_t>* ops = nullptr);
   ~Loading();
   Loading(const Loading&) = delete;
   Loading& operator=(const Loading&) = delete;

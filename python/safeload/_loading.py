@@ -115,15 +115,16 @@ class Loading:
         if prefetch:
             self._loading: Optional[_C.Loading] = _start(files, one, device, None, self._options)
             self._names = self._loading.names()
-            self._files = files
+            self._source = files
         else:
             self._loading = None
-            self._files = files or _C.resolve_checkpoint(one)[0]
-            # Names in file order without reading data: validated headers only.
-            self._names = [t[0] for f in self._files for t in _C.read_header(f)["tensors"]]
             _C.check_options(self._options["threads"], self._options["chunk_bytes"],
                              self._options["staging_bytes"], bool(self._options["staged"]),
                              self._options["io"], device_string(device))
+            # Validated once; each wait(name) then loads one tensor of it.
+            self._source = _C.Checkpoint(files, one)
+            self._names = self._source.names()
+        self._known = frozenset(self._names)
         self._closed = False
 
     def names(self) -> List[str]:
@@ -136,9 +137,9 @@ class Loading:
             raise ValueError("the load was closed")
         if self._loading is not None:
             return self._loading.wait(name)
-        if name not in self._names:
+        if name not in self._known:
             raise KeyError(name)
-        one = _start(self._files, b"", self._device, [name], self._options)
+        one = _start(self._source, b"", self._device, [name], self._options)
         try:
             return one.wait(name)
         finally:
@@ -150,7 +151,7 @@ class Loading:
         if self._closed:
             raise ValueError("the load was closed")
         if self._loading is None:
-            self._loading = _start(self._files, b"", self._device, None, self._options)
+            self._loading = _start(self._source, b"", self._device, None, self._options)
         return dict(self._loading.wait_all(progress))
 
     def done(self) -> bool:

@@ -4,6 +4,7 @@
 // lives in the pure-Python package.
 #include <torch/csrc/utils/pybind.h>
 
+#include "safeload/checkpoint.h"
 #include "safeload/error.h"
 #include "safeload/file.h"
 #include "safeload/header.h"
@@ -285,22 +286,53 @@ PYBIND11_MODULE(_C, m) {
     return to_dict(std::move(tensors));
   }, py::arg("path"), py::arg("device") = "cpu");
 
+  py::class_<Checkpoint, std::shared_ptr<Checkpoint>>(m, "Checkpoint",
+                                                      "A checkpoint's validated shards, opened once.")
+      .def(py::init([](const std::vector<PathBytes>& files, const PathBytes& src) {
+             py::gil_scoped_release nogil;
+             return std::make_shared<Checkpoint>(files.empty() ? Checkpoint::open(src) : Checkpoint::open(files));
+           }),
+           py::arg("files"), py::arg("src"))
+      .def("files", [](const Checkpoint& c) {
+        py::list out;
+        for (const Shard& s : c.shards()) out.append(py::bytes(s.file.path()));
+        return out;
+      })
+      .def("names", [](const Checkpoint& c) {
+        py::list out;
+        for (const Shard& s : c.shards()) {
+          for (const TensorInfo& t : s.header.tensors()) out.append(py::str(t.name));
+        }
+        return out;
+      }, "Every tensor name in file order (shard by shard).");
+
   py::class_<Loading>(m, "Loading", "A load running in the background (see safeload/_loading.py).")
-      .def(py::init([](const std::vector<PathBytes>& files, const PathBytes& src, const std::string& device,
+      .def(py::init([](const py::object& source, const PathBytes& src, const std::string& device,
                        const py::object& threads, const py::object& chunk_bytes, const py::object& staging_bytes,
                        bool staged, const std::string& io, std::optional<std::vector<std::string>> only,
                        std::optional<std::vector<std::size_t>> ops) {
              const LoadOptions options = make_options(threads, chunk_bytes, staging_bytes, staged, io);
              const c10::Device dev = parse_device(device);
+             std::shared_ptr<const Checkpoint> checkpoint;
+             std::vector<PathBytes> files;
+             if (py::isinstance<Checkpoint>(source)) {
+               checkpoint = source.cast<std::shared_ptr<Checkpoint>>();
+             } else {
+               files = source.cast<std::vector<PathBytes>>();
+             }
              py::gil_scoped_release nogil;
              check_device_usable(dev);
-             Checkpoint checkpoint = files.empty() ? Checkpoint::open(src) : Checkpoint::open(files);
+             if (!checkpoint) {
+               checkpoint = std::make_shared<const Checkpoint>(files.empty() ? Checkpoint::open(src)
+                                                                             : Checkpoint::open(files));
+             }
              return Loading::start(std::move(checkpoint), dev, options, only ? &*only : nullptr,
                                    ops ? &*ops : nullptr);
            }),
            py::arg("files"), py::arg("src"), py::arg("device"), py::arg("threads"), py::arg("chunk_bytes"),
            py::arg("staging_bytes"), py::arg("staged"), py::arg("io"), py::arg("only"), py::arg("ops") = py::none(),
-           "Starts loading `files` (or, when empty, the checkpoint `src` names).")
+           "Starts loading `files` (a list of paths, or a Checkpoint opened before; or, when the list is "
+           "empty, the checkpoint `src` names).")
       .def("names", [](const Loading& l) {
         py::list out;
         for (std::size_t i = 0; i < l.size(); ++i) out.append(py::str(l.info(i).name));
