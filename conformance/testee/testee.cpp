@@ -26,6 +26,8 @@
 #include <optional>
 #include <string>
 
+#include <unistd.h>
+
 namespace {
 
 using nlohmann::json;

@@ -226,7 +226,7 @@ def test_shared_file_mapping_is_reported_and_corpus_survives(reports, subset):
 def test_aliased_tensors_are_reported(reports):
     fails = failed(reports["aliasing"])
     assert set(fails) == {"y_identical_contents"}
-    assert "memory shared" in fails["y_identical_contents"]
+    assert "[aliasing]" in fails["y_identical_contents"]
 
 
 def test_wrong_device_is_reported(reports):
@@ -278,7 +278,8 @@ def test_property_cases_are_seeded_and_judged(toys, tmp_path):
 
 def test_cli_exit_status_and_json(toys, tmp_path, capsys):
     out = tmp_path / "report.json"
-    args = ["--loader", f"{toys}:drop_tensor", "--cases", str(FIXTURES), "--property-cases", "0", "--json", str(out)]
+    args = ["--loader", f"{toys}:drop_tensor", "--cases", str(FIXTURES), "--property-cases", "0", "--json", str(out),
+            "--checks", "none", "--no-generated"]
     for name in SUBSET:
         args += ["-k", name]
     assert cli.main(args) == 1
@@ -286,7 +287,10 @@ def test_cli_exit_status_and_json(toys, tmp_path, capsys):
     assert "RESULT: FAILED" in text and "y_dtype_F32 [cpu]: missing tensors" in text
     data = json.loads(out.read_text())
     assert data["ok"] is False and data["summary"]["failed"] == 3 and data["summary"]["passed"] == 3
-    assert data["matrix"]["F32"]["cpu"] == {"passed": 0, "total": 3}
+    # A dropped tensor is charged to its own dtype: y_scalars_0d loses its BOOL, not its F32.
+    assert data["matrix"]["F32"]["cpu"] == {"passed": 1, "total": 3}
+    assert data["matrix"]["BOOL"]["cpu"] == {"passed": 0, "total": 1}
+    assert data["failed_checks"] == {"names": 3}
     assert {r["case"] for r in data["results"] if r["outcome"] == "failed"} == NONEMPTY_Y
 
     xfail = tmp_path / "xfail.txt"
@@ -300,12 +304,14 @@ def test_missing_peer_package_is_skipped(tmp_path, capsys, monkeypatch):
     missing.write_text("from safeload.conformance.adapters import require\n"
                        "_x = require('no_such_package_for_conformance', 'no-such-package')\n"
                        "def load_file(path, device):\n    return {}\n")
-    assert cli.main(["--loader", f"{missing}:load_file", "-k", "y_dtype_F32", "--property-cases", "0"]) == 0
+    assert cli.main(["--loader", f"{missing}:load_file", "-k", "y_dtype_F32", "--property-cases", "0",
+                     "--checks", "none", "--no-generated"]) == 0
     assert "SKIPPED" in capsys.readouterr().out
 
 
 def test_broken_loader_spec_is_a_usage_error(tmp_path, capsys):
-    assert cli.main(["--loader", "no_such_module_xyz:load", "-k", "y_dtype_F32", "--property-cases", "0"]) == 2
+    assert cli.main(["--loader", "no_such_module_xyz:load", "-k", "y_dtype_F32", "--property-cases", "0",
+                     "--checks", "none", "--no-generated"]) == 2
 
 
 def test_pytest_helper_reports_per_case(toys):

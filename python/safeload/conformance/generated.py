@@ -91,7 +91,7 @@ def chunk_case(seed: int, directory: Path) -> Case:
     rng = np.random.default_rng([seed, 1])
     dtypes = ["U8", "F32", "BF16", "U8", "F16", "I64", "U8", "F32"]
     for _attempt in range(100):
-        pad = int(rng.integers(1, 8)) * 2 + 1  # odd: the data starts at an odd offset
+        pad = int(rng.integers(1, 8))
         specs = [("a_head", "U8", [3], 3)]
         # Sizes of tens of MiB with odd remainders; the last tensor runs past 64 MiB.
         sizes_mib = [int(x) for x in rng.integers(3, 20, size=len(dtypes))]
@@ -107,7 +107,9 @@ def chunk_case(seed: int, directory: Path) -> Case:
         for _, _, _, n in specs:
             starts.append(off)
             off += n
-        header_len = 8 + len(json.dumps(_header_for(specs), separators=(",", ":")).encode()) + pad
+        json_len = len(json.dumps(_header_for(specs), separators=(",", ":")).encode())
+        pad += (8 + json_len + pad + 1) % 2  # the data starts at an odd offset
+        header_len = 8 + json_len + pad
         if _boundaries_inside(starts, off) and _boundaries_inside([s + header_len for s in starts], off + header_len):
             break
     name = f"g{seed}_chunks_{off // MiB}MiB"

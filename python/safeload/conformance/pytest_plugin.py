@@ -54,6 +54,8 @@ def conformance_tests(
     property_cases: int = 0,
     seed: int = 0,
     strict_codes: bool = False,
+    checks: Sequence[str] = (),
+    generated: bool = False,
 ) -> Callable[[str], None]:
     """A test function parametrized over every case (assign it to a
     ``test_*`` name in a test module)."""
@@ -65,18 +67,26 @@ def conformance_tests(
     def report() -> Report | str:
         try:
             return run(_spec(loader), devices=[device], cases=corpus, expected_failures=xfail, timeout=timeout,
-                       jobs=jobs, strict_codes=strict_codes, property_cases=property_cases, seed=seed)
+                       jobs=jobs, strict_codes=strict_codes, property_cases=property_cases, seed=seed,
+                       checks=checks, generated=generated)
         except LoaderUnavailable as e:
             return str(e)
 
     if property_cases:
         names.append("property-based cases")
+    names += [f"check.{c}" for c in checks]
+    if generated:
+        names.append("generated cases")
 
     @pytest.mark.parametrize("case", names)
     def test(case: str) -> None:
         rep = report()
         if isinstance(rep, str):
             pytest.skip(f"{loader}: {rep}")
+        if case == "generated cases":
+            bad = [r for r in rep.failures() if r.case.origin == "generated"]
+            assert not bad, "\n".join(f"{r.case.name}: {r.detail}" for r in bad) + f"\n(seed {seed})"
+            return
         if case == "property-based cases":
             bad = [r for r in rep.failures() if r.case.origin == "property"]
             assert not bad, "\n".join(f"{r.case.name}: {r.detail}" for r in bad) + f"\n(seed {seed})"

@@ -15,7 +15,6 @@ import time
 from collections.abc import Mapping
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file as _load
 
 MiB = 1 << 20
@@ -136,26 +135,34 @@ def requires_grad(path, device):
 
 
 class _Lazy(Mapping):
-    """Reads a tensor only when it is first looked up, by path."""
+    """Reads a tensor's bytes only when it is first looked up, by path."""
 
-    def __init__(self, path, device, names):
-        self._path, self._device, self._names = path, device, names
+    def __init__(self, path, device):
+        self._path, self._device = path, device
+        header, self._start = _header(path)
+        self._offsets = {k: v["data_offsets"] for k, v in header.items() if k != "__metadata__"}
+        self._meta = {k: (v.dtype, v.shape) for k, v in _load(path).items()}
 
     def __getitem__(self, name):
-        with safe_open(self._path, framework="pt", device=self._device) as f:
-            return f.get_tensor(name)
+        dtype, shape = self._meta[name]
+        b, e = self._offsets[name]
+        with open(self._path, "rb") as f:
+            raw = os.pread(f.fileno(), e - b, self._start + b)
+        if e == b:
+            return torch.empty(shape, dtype=dtype, device=self._device)
+        return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape).to(self._device)
 
     def __iter__(self):
-        return iter(self._names)
+        return iter(self._meta)
 
     def __len__(self):
-        return len(self._names)
+        return len(self._meta)
 
 
 def lazy(path, device):
     """Returns a mapping that reads each tensor from the path on first access,
     after the call has returned."""
-    return _Lazy(path, device, list(_load(path, device=device)))
+    return _Lazy(path, device)
 
 
 # -- differences from upstream (information, never a failure) -------------------

@@ -1,0 +1,62 @@
+"""The peer table cannot drift: the README section and the shipped
+expected-failure lists are exactly what conformance/peers.json renders to, and
+every peer installed here, re-measured now, gives exactly its entry in
+peers.json (a peer not installed here keeps its last measured entry)."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+
+import pytest
+
+from safeload.conformance import peers
+from safeload.conformance.expected import parse_expected_failures
+
+DATA = json.loads(peers.PEERS_JSON.read_text())
+
+
+def test_readme_and_lists_are_rendered_from_peers_json():
+    assert peers.stale(DATA) == [], "run python -m safeload.conformance.peers --write"
+
+
+def test_shipped_lists_parse_and_name_real_cases():
+    from safeload.conformance.cases import load_corpus
+
+    names = {c.name for c in load_corpus()}
+    for path in peers.LISTS.glob("*.txt"):
+        listed = parse_expected_failures(path.read_text(), str(path))
+        assert listed
+        assert all(n in names or n.startswith(("check.", "g0_")) for n in listed), path
+
+
+# Peers measured here: those of this interpreter, plus those whose environment
+# is given as SAFELOAD_PEER_PYTHON_<ENV> (e.g. SAFELOAD_PEER_PYTHON_ST09).
+def _here():
+    out = []
+    for p in peers.PEERS:
+        python = os.environ.get(f"SAFELOAD_PEER_PYTHON_{p.env.upper()}") if p.env else None
+        if p.env and not python:
+            continue
+        if "cpu" not in p.devices:
+            continue
+        out.append((p, python))
+    return out
+
+
+@pytest.fixture(scope="module")
+def measured():
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {p.key: pool.submit(peers.measure, p, python) for p, python in _here()}
+        return {k: f.result() for k, f in futures.items()}
+
+
+@pytest.mark.parametrize("key", [p.key for p, _ in _here()])
+def test_peer_measures_what_the_table_says(measured, key):
+    entry = measured[key]
+    if entry is None:
+        pytest.skip(f"{key} is not installed here")
+    assert key in DATA, f"{key} has no entry: run python -m safeload.conformance.peers --write"
+    got = {k: v for k, v in entry.items() if k != "version"}
+    want = {k: v for k, v in DATA[key].items() if k != "version"}
+    assert got == want, f"{key} differs from peers.json: run python -m safeload.conformance.peers --write"
