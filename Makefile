@@ -9,16 +9,32 @@ JOBS ?= $(shell nproc)
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 APT_PACKAGES := cmake g++ nlohmann-json3-dev libgtest-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev
-PIP_PACKAGES := torch==$(TORCH_VERSION) numpy safetensors hypothesis pytest psutil matplotlib scikit-build-core
+# The Python dependencies are listed once, in pyproject.toml; the development
+# environment gets the runtime ones, these extras and the build requirements.
+DEV_EXTRAS := test bench demo
 export PYTHONPATH := $(CURDIR)/python
 
-.PHONY: demo test test-cpp test-python build deps system-deps venv install-check bench clean
+# Prints pyproject.toml's requirements except torch: the runtime dependencies,
+# the extras named as arguments, then the build requirements (with
+# --no-build-isolation they must be installed). Needs Python 3.11+ (tomllib).
+define PYPROJECT_REQUIREMENTS
+import sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))
+deps = list(project["project"]["dependencies"])
+for extra in sys.argv[1:]:
+    deps += project["project"]["optional-dependencies"][extra]
+deps += project["build-system"]["requires"]
+print(" ".join(dict.fromkeys(d for d in deps if d.split(">")[0].split("=")[0].strip() != "torch")))
+endef
+export PYPROJECT_REQUIREMENTS
+
+.PHONY: demo test test-cpp test-python test-package build deps system-deps venv develop install-check bench clean
 
 demo: build
 	$(PY) -m safeload demo
 
 test: build
-	$(MAKE) --no-print-directory test-cpp test-python test-sanitize fuzz-smoke
+	$(MAKE) --no-print-directory test-cpp test-python test-package test-sanitize fuzz-smoke
 
 test-cpp: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -31,6 +47,22 @@ build: deps
 	@if [ ! -f $(BUILD)/CMakeCache.txt ]; then \
 	  cmake -S . -B $(BUILD) -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release; fi
 	cmake --build $(BUILD) --parallel $(JOBS)
+	@$(MAKE) --no-print-directory develop
+
+# The C++ package as a consumer sees it: install it from $(BUILD) into a
+# prefix, build examples/cpp against it with find_package(safeload), run it.
+PKG_PREFIX := $(abspath $(BUILD))/prefix
+EXAMPLE_BUILD := $(BUILD)/example
+EXAMPLE_CASE := y_dtype_all_in_one_file
+test-package: build
+	cmake --install $(BUILD) --prefix $(PKG_PREFIX) > $(BUILD)/install-package.log
+	@if [ ! -f $(EXAMPLE_BUILD)/CMakeCache.txt ]; then \
+	  cmake -S examples/cpp -B $(EXAMPLE_BUILD) -DCMAKE_BUILD_TYPE=Release \
+	    -DCMAKE_PREFIX_PATH="$(PKG_PREFIX);$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	    > $(BUILD)/example-configure.log 2>&1 || { cat $(BUILD)/example-configure.log; exit 1; }; fi
+	cmake --build $(EXAMPLE_BUILD) --parallel $(JOBS)
+	$(EXAMPLE_BUILD)/list_tensors fixtures/corpus/$(EXAMPLE_CASE).safetensors \
+	  | $(PY) examples/cpp/check_output.py fixtures/manifest.json $(EXAMPLE_CASE)
 
 deps: system-deps venv
 
@@ -45,12 +77,31 @@ system-deps:
 
 venv: $(VENV)/.deps-installed
 
-$(VENV)/.deps-installed: Makefile
+$(VENV)/.deps-installed: Makefile pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch is pinned first and alone, so nothing later can pull another build of it.
 	$(PY) -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q --disable-pip-version-check $(PIP_PACKAGES)
+	$(PY) -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION) \
+	  $$($(PY) -c "$$PYPROJECT_REQUIREMENTS" $(DEV_EXTRAS))
 	touch $@
+
+# The development environment runs the source tree with the in-place _C:
+# `import safeload` and $(VENV)/bin/safeload work from any directory without
+# PYTHONPATH, and SAFELOAD_PATCH=1 works as in an installed package. Python
+# reads .pth files in name order: the source tree's comes before the hook's.
+define DEVELOP_SCRIPT
+#!$(abspath $(PY))
+import sys
+from safeload.cli import main
+sys.exit(main())
+endef
+export DEVELOP_SCRIPT
+develop: venv
+	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))'); \
+	put() { cmp -s - "$$1" 2>/dev/null <<< "$$2" || { printf '%s\n' "$$2" > "$$1"; echo "wrote $$1"; }; }; \
+	put "$$site/_safeload_source_tree.pth" "$(CURDIR)/python"; \
+	put "$$site/safeload-autopatch.pth" "$$(cat python/safeload/safeload-autopatch.pth)"; \
+	put $(VENV)/bin/safeload "$$DEVELOP_SCRIPT" && chmod +x $(VENV)/bin/safeload
 
 # The README's benchmark: every installed peer against the storage and memory
 # limits, cold and warm. The peers are installed beside the pinned torch.
@@ -62,17 +113,32 @@ bench: build
 	  --json bench/results/cpu.json --plot bench/results/cpu.png
 
 # Builds and installs the package the way users do, into a fresh environment
-# that already has torch, then uses it from outside the source tree: the
-# installed command, the packaged conformance corpus, a load.
+# that already has torch: the build requirements, then a plain
+# `pip install --no-build-isolation .` that brings the dependencies pyproject.toml
+# declares and nothing else. Then, from outside the source tree: the installed
+# command with the packaged corpus and property-based cases, a load, and the
+# SAFELOAD_PATCH=1 start-up hook (with upstream safetensors installed beside it).
 INSTALL_ENV := $(abspath $(BUILD))/install-check
+INSTALL_PY := $(INSTALL_ENV)/bin/python
 install-check: system-deps
 	rm -rf $(INSTALL_ENV) && $(PYTHON) -m venv $(INSTALL_ENV)
-	$(INSTALL_ENV)/bin/python -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION)
-	$(INSTALL_ENV)/bin/python -m pip install -q --disable-pip-version-check numpy scikit-build-core hypothesis
-	PYTHONPATH= $(INSTALL_ENV)/bin/python -m pip install -q --no-build-isolation --no-deps .
-	cd /tmp && PYTHONPATH= $(INSTALL_ENV)/bin/safeload conform --loader safeload_fast --property-cases 0 | tail -3
-	cd /tmp && PYTHONPATH= $(INSTALL_ENV)/bin/python -c \
+	$(INSTALL_PY) -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION)
+	$(INSTALL_PY) -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION) \
+	  $$(python3 -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+	PYTHONPATH= $(INSTALL_PY) -m pip install -q --disable-pip-version-check --no-build-isolation . torch==$(TORCH_VERSION)
+	cd /tmp && PYTHONPATH= $(INSTALL_ENV)/bin/safeload conform --loader safeload_fast --property-cases 20 | tail -3
+	cd /tmp && PYTHONPATH= $(INSTALL_PY) -c \
 	  "import safeload, torch; print('installed', safeload.__file__, 'torch', torch.__version__)"
+	test -f "$$($(INSTALL_PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/safeload-autopatch.pth"
+	$(INSTALL_PY) -m pip install -q --disable-pip-version-check safetensors torch==$(TORCH_VERSION)
+	cd /tmp && PYTHONPATH= SAFELOAD_PATCH=1 $(INSTALL_PY) -c $(AUTOPATCH_CHECK) $(abspath fixtures/corpus/$(EXAMPLE_CASE).safetensors)
+
+# Importing safetensors.torch must have patched it, and a load through it must
+# be served by safeload (safeload.patch the module; the package's `patch` is the function).
+AUTOPATCH_CHECK := "import importlib, sys, safetensors.torch as t; p = importlib.import_module('safeload.patch'); \
+  assert p.is_patched(), 'SAFELOAD_PATCH=1 did not patch safetensors.torch'; \
+  n = len(t.load_file(sys.argv[1])); assert p.calls().get('load_file') == 1, p.calls(); \
+  print('SAFELOAD_PATCH=1: safetensors.torch.load_file served by safeload,', n, 'tensors')"
 
 clean:
 	rm -rf $(BUILD)
