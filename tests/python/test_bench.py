@@ -2,6 +2,7 @@
 limits and writes its table, JSON and chart. Nothing here asserts a speed."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -79,7 +80,14 @@ def test_every_loader_is_listed_with_a_status():
         assert expected in keys
 
 
-def test_one_command_writes_table_json_and_chart(tiny_file, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def smallest_measurable_file(tmp_path_factory) -> str:
+    # The command refuses files too small to time.
+    return str(model.ensure_file(cli.MIN_MEASURABLE_BYTES, tmp_path_factory.mktemp("bench")))
+
+
+def test_one_command_writes_table_json_and_chart(smallest_measurable_file, tmp_path, capsys):
+    tiny_file = smallest_measurable_file
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
     argv = [tiny_file, "--rounds", "1", "--condition", "warm", "--device", "cpu",
             "--json", str(out_json), "--no-progress", "--timeout", "120", "--settle", "0"]
@@ -131,5 +139,14 @@ def test_sizes_parse():
     assert cli.parse_size("4GiB") == 4 << 30
     assert cli.parse_size("512MiB") == 512 << 20
     assert cli.parse_size("2GB") == 2 * 10**9
-    with pytest.raises(Exception):
+    with pytest.raises(argparse.ArgumentTypeError, match="not a size: 'lots'"):
         cli.parse_size("lots")
+    with pytest.raises(argparse.ArgumentTypeError, match="needs a unit"):
+        cli.parse_size("4")
+    with pytest.raises(argparse.ArgumentTypeError, match="too small to measure"):
+        cli.parse_size("1MiB")
+
+
+def test_files_too_small_to_time_are_refused(tiny_file, capsys):
+    assert cli.main([tiny_file, "--rounds", "1", "--no-progress"]) == 2
+    assert "too small to measure" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import safeload
 import safeload.reference
 from safeload.testing import strategies as sts
 
-from test_reference import MALFORMED, assert_same, raw_bytes, write_raw
+from helpers import MALFORMED, assert_same, raw_bytes, write_raw
 
 TORCH_FORMATS = [d for d in safeload.DTYPES if not d.startswith("F6")]
 FAST_VARIANTS = {
@@ -141,9 +141,19 @@ def test_tensor_larger_than_2gib_is_split_and_exact(tmp_path):
     assert torch.equal(uncached, ref)
 
 
+def _supports_o_direct(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECT))
+        return True
+    except OSError:  # EINVAL: the file system has no O_DIRECT (tmpfs)
+        return False
+
+
 def test_cold_file_loads_through_the_uncached_path(tmp_path):
     """A file evicted from the page cache is read with O_DIRECT by default (io="auto"),
-    tensors at offsets no block boundary matches included; bytes equal upstream's."""
+    tensors at offsets no block boundary matches included; bytes equal upstream's. The
+    load report says which path ran: the evicted file's reads bypass the page cache,
+    the same file once cached is copied from it."""
     import safetensors.torch as upstream
 
     if not hasattr(os, "posix_fadvise") or not hasattr(os, "O_DIRECT"):
@@ -157,8 +167,11 @@ def test_cold_file_loads_through_the_uncached_path(tmp_path):
     }
     path = str(tmp_path / "cold.safetensors")
     upstream.save_file(tensors, path)
+    if not _supports_o_direct(path):
+        pytest.skip("the file system of the temporary directory has no O_DIRECT")
     # Upstream's tensors map the file; copies let the mapping go, so eviction works.
     expected = {k: v.clone() for k, v in upstream.load_file(path).items()}
+    data_bytes = sum(t.numel() * t.element_size() for t in expected.values())
 
     def evict():
         fd = os.open(path, os.O_RDONLY)
@@ -168,14 +181,33 @@ def test_cold_file_loads_through_the_uncached_path(tmp_path):
         finally:
             os.close(fd)
 
-    for threads, chunk in ((None, None), (3, 65536), (2, 65537)):
-        evict()
-        got = safeload.load_file(path, threads=threads, chunk_bytes=chunk)
+    def check(got):
         assert set(got) == set(expected)
         for name, t in expected.items():
             assert got[name].dtype == t.dtype, name
             assert torch.equal(got[name].view(torch.uint8), t.view(torch.uint8)), name
             assert got[name].data_ptr() % 64 == 0, name
+
+    for threads, chunk in ((None, None), (3, 65536), (2, 65537)):
+        evict()
+        report = {}
+        got = safeload.load_file(path, threads=threads, chunk_bytes=chunk, report=report)
+        check(got)
+        assert report["route"] == "direct" and report["io"] == "auto", report
+        assert report["bytes_total"] == report["bytes_done"] == data_bytes, report
+        # Eviction is advice: a page may stay, so most bytes, not all, must bypass.
+        assert report["bypass"] and report["ops_uncached"] > 0, report
+        assert report["bytes_uncached"] > data_bytes // 2, report
+        if threads is not None:
+            assert report["threads"] == threads and report["chunk_bytes"] == chunk, report
+
+    # The same file, cached: nothing bypasses the page cache.
+    with open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
+    report = {}
+    check(safeload.load_file(path, report=report))
+    assert report["ops_uncached"] == 0 and report["bytes_uncached"] == 0, report
 
 
 def test_concurrent_calls_from_threads(tmp_path):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 
 import pytest
 import torch
@@ -12,6 +11,8 @@ import safetensors.torch as upstream
 import safeload
 import safeload.reference
 from safeload.inspect import main as inspect_main
+
+from helpers import MALFORMED, assert_same, write_raw
 
 # Every torch dtype the format can carry, with the format's name for it.
 TORCH_DTYPES = {
@@ -35,20 +36,6 @@ def random_tensor(dtype: torch.dtype, shape, seed: int) -> torch.Tensor:
     if dtype == torch.bool:
         raw = raw % 2  # torch bools must be 0 or 1
     return raw.view(dtype).reshape(shape)
-
-
-def raw_bytes(t: torch.Tensor) -> bytes:
-    t = t.contiguous()
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
-def assert_same(loaded: dict, expected: dict) -> None:
-    assert set(loaded) == set(expected)
-    for name, want in expected.items():
-        got = loaded[name]
-        assert got.dtype == want.dtype, name
-        assert tuple(got.shape) == tuple(want.shape), name
-        assert raw_bytes(got) == raw_bytes(want), name
 
 
 def test_python_table_is_the_format():
@@ -92,35 +79,6 @@ def test_device_argument_forms(tmp_path):
         with pytest.raises(safeload.SafetensorError) as e:
             safeload.reference.load_file(path, "cuda")
         assert e.value.code == "INVALID_ARGUMENT"
-
-
-def write_raw(path, header: bytes, data: bytes = b"") -> str:
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(header)) + header + data)
-    return str(path)
-
-
-# One malformed file per format error code, written by hand here (the fixture
-# corpus covers many more; see test_fixtures.py).
-MALFORMED = {
-    "HEADER_TOO_SMALL": (None, b"\x01\x02"),
-    "HEADER_TOO_LARGE": (None, struct.pack("<Q", 100_000_001) + b"{}"),
-    "INVALID_HEADER_LENGTH": (None, struct.pack("<Q", 50) + b"{}"),
-    "INVALID_HEADER_UTF8": (b'{"\xff":1}', b""),
-    "INVALID_JSON": (b'{"a":', b""),
-    "INVALID_HEADER": (b"[]", b""),
-    "INVALID_METADATA": (b'{"__metadata__":{"a":1}}', b""),
-    "UNKNOWN_DTYPE": (b'{"a":{"dtype":"F31","shape":[1],"data_offsets":[0,4]}}', b"abcd"),
-    "INVALID_OFFSET": (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', b"abcdefgh"),
-    "VALIDATION_OVERFLOW": (b'{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}', b"abcd"),
-    "TENSOR_INVALID_INFO": (b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}', b"abcd"),
-    "MISALIGNED_SLICE": (b'{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}', b"ab"),
-    "METADATA_INCOMPLETE_BUFFER": (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', b"abcde"),
-    "DUPLICATE_NAME": (b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', b"a"),
-    "RESERVED_NAME": (b'{"__metadata__":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', b"a"),
-    "UNKNOWN_FIELD": (b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":"y"}}', b"a"),
-    "UNSUPPORTED_DTYPE": (b'{"a":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}}', b"abc"),
-}
 
 
 @pytest.mark.parametrize("code", sorted(MALFORMED))
