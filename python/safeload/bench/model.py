@@ -8,18 +8,19 @@ decoder layers as it takes to reach the size. Below the size of that skeleton pl
 files of a few MiB with the same structure.
 
 The bytes are pseudo-random (a fixed seed): loaders do not interpret them, and random data
-keeps any layer of the storage stack from compressing or deduplicating it.
+keeps any layer of the storage stack from compressing or deduplicating it. The prefix and
+header come from the test writer (``safeload.testing.writer.build_header``), laid out as
+upstream lays a file out.
+
+The Qwen3 layer table (:func:`qwen3_tensors`) is the one the demo uses too.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
-import numpy as np
-
-_ALIGN = 8  # the header is padded with spaces so the data starts 8-byte aligned
+from safeload.testing.writer import build_header
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,15 @@ def skeleton_tensors(s: Shapes) -> list[tuple[str, list[int]]]:
     ]
 
 
+def qwen3_tensors(s: Shapes, layers: int) -> list[tuple[str, list[int]]]:
+    """Names and shapes of a Qwen3 decoder with ``layers`` layers and widths ``s``:
+    the embeddings, final norm and untied lm_head, then each layer's tensors."""
+    tensors = skeleton_tensors(s)
+    for i in range(layers):
+        tensors += layer_tensors(s, i)
+    return tensors
+
+
 def _nbytes(tensors: list[tuple[str, list[int]]]) -> int:
     total = 0
     for _, shape in tensors:
@@ -110,31 +120,16 @@ def plan(size: int) -> Plan:
             break
         d *= 2
     layers = max(1, min(QWEN3_8B_LAYERS, -(-(size - fixed) // per_layer)))
-    tensors = skeleton_tensors(s)
-    for i in range(layers):
-        tensors += layer_tensors(s, i)
-    tensors.sort()
+    tensors = sorted(qwen3_tensors(s, layers))
     return Plan(s, d, layers, tuple((n, tuple(shape)) for n, shape in tensors))
 
 
 def _header(p: Plan) -> bytes:
-    entries: dict[str, object] = {
-        "__metadata__": {
-            "format": "pt",
-            "shapes_of": "Qwen3-8B",
-            "layers": str(p.layers),
-            "width_divisor": str(p.width_divisor),
-        }
-    }
-    offset = 0
-    # Data laid out in header (name) order, the order upstream's writer uses.
-    for name, shape in p.tensors:
-        n = _nbytes([(name, list(shape))])
-        entries[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(entries, separators=(",", ":")).encode()
-    raw += b" " * (-(8 + len(raw)) % _ALIGN)
-    return len(raw).to_bytes(8, "little") + raw
+    """The length prefix and padded header, data laid out in header (name) order, the
+    order upstream's writer uses."""
+    metadata = {"format": "pt", "shapes_of": "Qwen3-8B", "layers": str(p.layers),
+                "width_divisor": str(p.width_divisor)}
+    return build_header([(name, "BF16", shape) for name, shape in p.tensors], metadata).data
 
 
 def file_name(size: int) -> str:
@@ -162,6 +157,8 @@ def ensure_file(size: int, directory: str | os.PathLike, *, progress=None) -> Pa
     if path.exists() and path.stat().st_size == expected:
         return path
     directory.mkdir(parents=True, exist_ok=True)
+    import numpy as np  # the bench extra; the table above is used without it
+
     tmp = path.with_name(path.name + ".partial")
     rng = np.random.default_rng(0x5AFE)
     chunk = 64 << 20

@@ -12,7 +12,9 @@ shape, raw little-endian bytes) plus :class:`Layout` options, and rendered by
 way upstream lays one out: tensors back to back in list order, metadata first,
 header padded with spaces to a multiple of 8 bytes.
 
-Dtype sizes come from the one dtype table, ``safeload._C.dtype_table()``.
+Dtype sizes come from the one dtype table, ``safeload._C.dtype_table()``, and
+the header length limit (``MAX_HEADER_LENGTH``) from the core's constants,
+``safeload._C.constants()``; both are read on first use.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ __all__ = [
     "Layout",
     "Built",
     "build",
+    "build_header",
+    "max_header_length",
     "dtype_bits",
     "dtype_names",
     "element_quantum",
@@ -42,8 +46,8 @@ __all__ = [
     "sha256",
 ]
 
-# Upper bound of the format's header length, and the length prefix size.
-MAX_HEADER_LENGTH = 100_000_000
+# Size of the little-endian length prefix before the header (the framing
+# struct.pack("<Q") writes, not a limit).
 PREFIX_BYTES = 8
 
 
@@ -52,6 +56,26 @@ def _table() -> dict[str, int]:
     from safeload import _C  # the single dtype table lives in the C++ core
 
     return {name: int(bits) for name, bits in _C.dtype_table()}
+
+
+@functools.lru_cache(maxsize=1)
+def _limits() -> dict[str, int]:
+    from safeload import _C  # the format's limits live in the C++ core
+
+    return {name: int(value) for name, value in dict(_C.constants()).items()}
+
+
+def max_header_length() -> int:
+    """The largest header length the format allows, as the C++ core enforces it."""
+    return _limits()["max_header_length"]
+
+
+def __getattr__(name: str) -> Any:
+    # MAX_HEADER_LENGTH is read from the core when first asked for, so
+    # importing the writer does not load the extension module.
+    if name == "MAX_HEADER_LENGTH":
+        return max_header_length()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def dtype_names() -> list[str]:
@@ -299,19 +323,45 @@ def build(tensors: Sequence[TensorSpec], layout: Layout | None = None) -> Built:
             else:
                 entry[key] = value
         items.append((name, entry))
-    if layout.metadata is not None:
-        items.insert(min(layout.metadata_position, len(items)), ("__metadata__", layout.metadata))
-    items.extend(layout.extra_entries)
-
-    if layout.header_override is not None:
-        header = bytes(layout.header_override)
-    else:
-        header = layout.leading + encode_json(_Pairs(items), layout.ensure_ascii).encode("utf-8")
-        if layout.align > 1:
-            header += layout.pad_byte * ((-(PREFIX_BYTES + len(header))) % layout.align)
-
+    header = _render_header(items, layout)
     length = len(header) if layout.length_override is None else layout.length_override
     out = struct.pack("<Q", length) + header + bytes(data) + layout.trailing
     if layout.truncate is not None:
         out = out[: layout.truncate]
     return Built(data=out, header=header, data_start=PREFIX_BYTES + len(header), offsets=offsets)
+
+
+def _render_header(items: list[tuple[str, Any]], layout: Layout) -> bytes:
+    """The header bytes for these (name, entry) items: metadata placed,
+    extra entries appended, JSON encoded, padded as the layout says."""
+    items = list(items)
+    if layout.metadata is not None:
+        items.insert(min(layout.metadata_position, len(items)), ("__metadata__", layout.metadata))
+    items.extend(layout.extra_entries)
+    if layout.header_override is not None:
+        return bytes(layout.header_override)
+    header = layout.leading + encode_json(_Pairs(items), layout.ensure_ascii).encode("utf-8")
+    if layout.align > 1:
+        header += layout.pad_byte * ((-(PREFIX_BYTES + len(header))) % layout.align)
+    return header
+
+
+def build_header(tensors: Sequence[tuple[str, str, Sequence[int]]], metadata: Mapping[str, str] | None = None) -> Built:
+    """The start of a valid file, without its data section: for files too
+    large to render in memory. ``tensors`` are ``(name, dtype, shape)``,
+    laid out back to back in the order given, as :func:`build` lays them out;
+    ``metadata`` becomes ``__metadata__``, first. ``Built.data`` is the length
+    prefix and the padded header; the caller writes each tensor's bytes
+    (``Built.offsets``, relative to ``Built.data_start``) after it."""
+    items: list[tuple[str, Any]] = []
+    offsets: dict[str, tuple[int, int]] = {}
+    end = 0
+    for name, dtype, shape in tensors:
+        if name in offsets:
+            raise ValueError(f"tensor {name!r} given twice")
+        begin, end = end, end + nbytes_of(dtype, shape)
+        offsets[name] = (begin, end)
+        items.append((name, {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, end]}))
+    header = _render_header(items, Layout(metadata=dict(metadata) if metadata is not None else None))
+    return Built(data=struct.pack("<Q", len(header)) + header, header=header,
+                 data_start=PREFIX_BYTES + len(header), offsets=offsets)
