@@ -268,9 +268,6 @@ def implementation_defined(data: bytes) -> str | None:
     # safeload both reject it (n_tensor_duplicate_field).
     if root.duplicates:
         return f"tensor name {root.duplicates[0]!r} given twice"
-    metadata = root.get("__metadata__")
-    if isinstance(metadata, _Object) and metadata.duplicates:
-        return f"__metadata__ key {metadata.duplicates[0]!r} given twice"
     for name, entry in root.items():
         if name == "__metadata__":
             continue
