@@ -244,7 +244,7 @@ def implementation_defined(data: bytes) -> str | None:
     """Why conforming loaders may disagree on accepting ``data``, or None.
 
     The cases are the ``i_*`` fixtures' (fixtures/README.md): a duplicate key
-    (tensor name, __metadata__ key, entry field), an unknown field or an array
+    (tensor name or entry field), an unknown field or an array
     in place of a tensor entry (upstream accepts, safeload rejects), a shape
     whose left-to-right product overflows although it has a zero, and a zero-
     size tensor with a dimension over 2^63-1 (torch sizes are signed 64-bit:
