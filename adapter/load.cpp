@@ -9,6 +9,7 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <algorithm>
+#include <cstring>
 #include <optional>
 #include <system_error>
 
@@ -120,9 +121,17 @@ class TorchStagedTarget final : public fast::StagedTarget {
     for (std::size_t s = 0; s < op.segment_count; ++s) {
       const fast::Segment& seg = plan.segments[op.first_segment + s];
       const auto length = static_cast<std::int64_t>(seg.length);
-      bytes_[seg.tensor]
-          .narrow(0, static_cast<std::int64_t>(seg.tensor_offset), length)
-          .copy_(staging_.narrow(0, src_offset, length), /*non_blocking=*/true);
+      if (device_.is_cpu()) {
+        // Host to host: a plain copy. Tensor::copy_ would fan out on torch's
+        // intra-op thread pool from inside our readers (oversubscription, and
+        // an abort where that pool cannot start its threads).
+        std::memcpy(static_cast<std::uint8_t*>(bytes_[seg.tensor].mutable_data_ptr()) + seg.tensor_offset,
+                    staging_.const_data_ptr<std::uint8_t>() + src_offset, seg.length);
+      } else {
+        bytes_[seg.tensor]
+            .narrow(0, static_cast<std::int64_t>(seg.tensor_offset), length)
+            .copy_(staging_.narrow(0, src_offset, length), /*non_blocking=*/true);
+      }
       src_offset += length;
     }
     if (!events_.empty()) events_[slot].record(stream_);

@@ -153,7 +153,16 @@ int open_regular(const std::string& path, int flags, std::uint64_t* size) {
 File File::open(const std::string& path) {
   std::uint64_t size = 0;
   const int fd = open_regular(path, 0, &size);
-  if (fd < 0) throw_io("cannot open", path, errno);
+  if (fd < 0) {
+    const int err = errno;
+    // Some kinds cannot even be opened (a socket: ENXIO); say what it is.
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+      throw Error(ErrorCode::kIo, "cannot load '" + path + "': it is " + file_kind(st.st_mode) +
+                                      ", and only regular files are read", EINVAL);
+    }
+    throw_io("cannot open", path, err);
+  }
   return File(fd, path, size);
 }
 
