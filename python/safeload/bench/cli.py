@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="OUT.png", help="write a bar chart (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--list", action="store_true", help="list the loaders and whether each can run, then exit")
+    p.add_argument("--ranks", type=int, default=None, metavar="N",
+                   help="multi-rank mode: N processes load the checkpoint with safeload.distributed "
+                        "(each reads a share, then they exchange) against every rank reading everything; "
+                        "storage bytes per rank and time to the last rank (gloo on cpu, NCCL on cuda)")
     return p
 
 
@@ -168,6 +172,16 @@ def main(argv: list[str]) -> int:
         paths = [os.path.abspath(written)]
         if progress_on:
             sys.stderr.write("\r" + " " * 118 + "\r")
+
+    if args.ranks is not None:
+        if args.ranks < 1:
+            print("safeload bench: --ranks must be at least 1", file=sys.stderr)
+            return 2
+        from safeload.bench import distributed
+
+        return distributed.main(paths, args.ranks, device=(args.device or ["cpu"])[0],
+                                conditions=args.condition or list(runner.CONDITIONS), rounds=args.rounds,
+                                timeout=args.timeout, json_out=args.json)
 
     doc = runner.run(
         paths,
