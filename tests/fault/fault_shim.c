@@ -16,8 +16,9 @@
  *   kind        what the call does
  *   EIO         fails with errno EIO, reads nothing
  *   EINTR       fails with errno EINTR, reads nothing (the next call is normal)
- *   SHORT       reads, then reports half the bytes it read (a short read);
- *               read(), which moves the file position, asks for half instead
+ *   SHORT       reads, then reports half the bytes it read (a short read) and
+ *               overwrites the other half with 0xA5, so ignoring the count
+ *               shows; read(), which moves the file position, asks for half
  *   EOF         returns 0, reads nothing
  *   EAGAIN      pthread_create returns EAGAIN (no thread started)
  *   DELAY       sleeps `arg` microseconds, then calls through
@@ -162,8 +163,20 @@ static int apply_before(int kind, const char *path) {
   }
 }
 
-/* One body for every positional read: `call` performs the real read. */
-#define POSITIONAL_READ(fn, fd, call)                                    \
+/* A short read's bytes past what it reports are unspecified: scribble over
+ * them, so a caller that ignores the count gets visibly wrong bytes. */
+static void scribble(const struct iovec *iov, int count, size_t from, size_t to) {
+  size_t at = 0;
+  for (int i = 0; i < count && at < to; at += iov[i].iov_len, ++i) {
+    const size_t lo = from > at ? from - at : 0;
+    const size_t hi = to - at < iov[i].iov_len ? to - at : iov[i].iov_len;
+    if (lo < hi) memset((char *)iov[i].iov_base + lo, 0xA5, hi - lo);
+  }
+}
+
+/* One body for every positional read: `call` performs the real read into
+ * the buffers `iov` (`count` of them). */
+#define POSITIONAL_READ(fn, fd, iov, count, call)                        \
   do {                                                                   \
     char path_[4096] = "";                                               \
     const int want_ = __atomic_load_n(&g_kind, __ATOMIC_SEQ_CST) != FAULT_NONE && (g_mask & (fn)); \
@@ -171,7 +184,10 @@ static int apply_before(int kind, const char *path) {
     if (kind_ == FAULT_EOF) return 0;                                    \
     if (apply_before(kind_, path_)) return -1;                           \
     const ssize_t got_ = (call);                                         \
-    if (kind_ == FAULT_SHORT && got_ >= 2) return got_ / 2;              \
+    if (kind_ == FAULT_SHORT && got_ >= 2) {                             \
+      scribble((iov), (count), (size_t)got_ / 2, (size_t)got_);          \
+      return got_ / 2;                                                   \
+    }                                                                    \
     return got_;                                                         \
   } while (0)
 
@@ -182,11 +198,13 @@ typedef ssize_t (*read_fn)(int, void *, size_t);
 
 ssize_t pread(int fd, void *buf, size_t n, off_t off) {
   REAL(pread, pread_fn);
-  POSITIONAL_READ(FN_PREAD, fd, real_pread(fd, buf, n, off));
+  const struct iovec one = {buf, n};
+  POSITIONAL_READ(FN_PREAD, fd, &one, 1, real_pread(fd, buf, n, off));
 }
 ssize_t pread64(int fd, void *buf, size_t n, off_t off) {
   REAL(pread64, pread_fn);
-  POSITIONAL_READ(FN_PREAD, fd, real_pread64(fd, buf, n, off));
+  const struct iovec one = {buf, n};
+  POSITIONAL_READ(FN_PREAD, fd, &one, 1, real_pread64(fd, buf, n, off));
 }
 ssize_t __pread_chk(int fd, void *buf, size_t n, off_t off, size_t buflen) {
   (void)buflen;
@@ -198,19 +216,19 @@ ssize_t __pread64_chk(int fd, void *buf, size_t n, off_t off, size_t buflen) {
 }
 ssize_t preadv(int fd, const struct iovec *iov, int count, off_t off) {
   REAL(preadv, preadv_fn);
-  POSITIONAL_READ(FN_PREADV, fd, real_preadv(fd, iov, count, off));
+  POSITIONAL_READ(FN_PREADV, fd, iov, count, real_preadv(fd, iov, count, off));
 }
 ssize_t preadv64(int fd, const struct iovec *iov, int count, off_t off) {
   REAL(preadv64, preadv_fn);
-  POSITIONAL_READ(FN_PREADV, fd, real_preadv64(fd, iov, count, off));
+  POSITIONAL_READ(FN_PREADV, fd, iov, count, real_preadv64(fd, iov, count, off));
 }
 ssize_t preadv2(int fd, const struct iovec *iov, int count, off_t off, int flags) {
   REAL(preadv2, preadv2_fn);
-  POSITIONAL_READ(FN_PREADV, fd, real_preadv2(fd, iov, count, off, flags));
+  POSITIONAL_READ(FN_PREADV, fd, iov, count, real_preadv2(fd, iov, count, off, flags));
 }
 ssize_t preadv64v2(int fd, const struct iovec *iov, int count, off_t off, int flags) {
   REAL(preadv64v2, preadv2_fn);
-  POSITIONAL_READ(FN_PREADV, fd, real_preadv64v2(fd, iov, count, off, flags));
+  POSITIONAL_READ(FN_PREADV, fd, iov, count, real_preadv64v2(fd, iov, count, off, flags));
 }
 
 static ssize_t read_impl(int fd, void *buf, size_t n) {

@@ -184,7 +184,7 @@ def test_item2_chunk_bytes_bounds_load(model, chunk_bytes, staging_bytes):
 # Item 3: memory sized by arguments (chunk_bytes=1, threads=10**6 on a cold file).
 
 MEMORY_CHILD = r"""
-import json, os, sys
+import ctypes, json, os, sys
 import safeload
 path, cases = sys.argv[1], json.loads(sys.argv[2])
 
@@ -199,9 +199,11 @@ def evict():
     os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
 
 safeload.load_file(path)  # first-use setup (thread pools, allocator arenas) is not the load's
+trim = ctypes.CDLL("libc.so.6").malloc_trim
 out = []
 for kw in cases:
     evict()
+    trim(0)  # what earlier loads freed goes back to the system, so this load's pages are new
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak RSS (VmHWM)
     before = status("VmRSS")
