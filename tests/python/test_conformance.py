@@ -284,7 +284,7 @@ def test_cli_exit_status_and_json(toys, tmp_path, capsys):
         args += ["-k", name]
     assert cli.main(args) == 1
     text = capsys.readouterr().out
-    assert "RESULT: FAILED" in text and "y_dtype_F32 [cpu]: missing tensors" in text
+    assert "RESULT: FAILED" in text and "y_dtype_F32 [cpu]: [names] missing tensors" in text
     data = json.loads(out.read_text())
     assert data["ok"] is False and data["summary"]["failed"] == 3 and data["summary"]["passed"] == 3
     # A dropped tensor is charged to its own dtype: y_scalars_0d loses its BOOL, not its F32.

@@ -248,8 +248,9 @@ def _compare(case: Case, device: str, obs: dict[str, Any]) -> list[tuple[str, st
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     if missing:
-        problems.append(("names", None, f"missing tensors {_names(missing)}"))
-        problems += [("names", name, "") for name in missing]  # attributes the failure to each tensor's dtype
+        # Attributed to each missing tensor (so to its dtype), the message once.
+        problems.append(("names", missing[0], f"missing tensors {_names(missing)}"))
+        problems += [("names", name, "") for name in missing[1:]]
     if extra:
         problems.append(("names", None, f"unexpected tensors {_names(extra)}"))
     for name in sorted(set(want) & set(got)):
