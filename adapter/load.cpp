@@ -319,7 +319,7 @@ std::unique_ptr<Loading> Loading::start(std::shared_ptr<const Checkpoint> checkp
                           (options.io == LoadOptions::Io::kAuto && direct_route);
   in.direct_io = may_bypass;
   for (const Shard& shard : cp.shards()) {
-    st->uncached.push_back(may_bypass ? File::open_uncached(shard.file.path()) : File::open_uncached(""));
+    st->uncached.push_back(may_bypass ? File::open_uncached(shard.file) : File());
     in.direct_io = in.direct_io && st->uncached.back().is_open();
     st->caches.push_back(may_bypass && options.io == LoadOptions::Io::kAuto ? fast::CacheMap::of(shard.file)
                                                                             : fast::CacheMap::uniform(

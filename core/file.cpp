@@ -166,13 +166,18 @@ File File::open(const std::string& path) {
   return File(fd, path, size);
 }
 
-File File::open_uncached(const std::string& path) {
+File File::open_uncached(const File& file) {
 #if defined(__linux__)
   std::uint64_t size = 0;
-  const int fd = open_regular(path, O_DIRECT, &size);
-  if (fd >= 0) return File(fd, path, size);
+  const int fd = open_regular(file.path(), O_DIRECT, &size);
+  if (fd >= 0) {
+    File out(fd, file.path(), size);
+    struct stat a {}, b {};
+    const bool same = ::fstat(file.fd(), &a) == 0 && ::fstat(fd, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+    if (same) return out;
+  }
 #endif
-  return File(-1, path, 0);  // e.g. tmpfs refuses O_DIRECT with EINVAL
+  return File(-1, file.path(), 0);  // e.g. tmpfs refuses O_DIRECT with EINVAL
 }
 
 File::File(File&& other) noexcept

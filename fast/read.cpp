@@ -40,6 +40,13 @@ const char* read_uncached(const File& file, const File& uncached, const ReadOp& 
   while (done < needed) {
     const ssize_t got = ::pread(uncached.fd(), slot + done, want - done, static_cast<off_t>(start + done));
     if (got < 0 && errno == EINTR) continue;
+    if (got < 0 && errno != EINVAL) {
+      // A failing device fails the read: only a file system that declines
+      // this aligned read (EINVAL) is worked around, through the page cache.
+      throw Error(ErrorCode::kIo, "cannot read " + std::to_string(want - done) + " bytes at offset " +
+                                      std::to_string(start + done) + " of '" + file.path() + "': " +
+                                      std::strerror(errno), errno);
+    }
     if (got <= 0 || got % kDirectIoAlign != 0) {
       if (got > 0) done += static_cast<std::uint64_t>(got);
       if (done < needed) file.pread_full(slot + done, needed - done, start + done);

@@ -49,12 +49,15 @@ class File {
   // the system's reason if it cannot be opened or is not a regular file.
   static File open(const std::string& path);
 
-  // Opens `path` for reads that bypass the page cache (O_DIRECT), for data
-  // that is not cached anyway: the device then writes straight into the
-  // buffer, with no page-cache copy. Returns a File that is not is_open()
-  // where the platform or file system does not support it.
-  static File open_uncached(const std::string& path);
+  // Opens the file `file` has open again, for reads that bypass the page
+  // cache (O_DIRECT), for data that is not cached anyway: the device then
+  // writes straight into the buffer, with no page-cache copy. Returns a File
+  // that is not is_open() where the platform or file system does not support
+  // it, or where the path now names another file (replaced since `file` was
+  // opened): both views always read the same file.
+  static File open_uncached(const File& file);
 
+  File() = default;  // not open
   File(File&& other) noexcept;
   File& operator=(File&& other) noexcept;
   File(const File&) = delete;

@@ -111,12 +111,21 @@ TEST(PreadvFull, RealFile) {
 TEST(File, OpenUncachedReadsAlignedBlocks) {
   const std::string data = pattern_bytes(3 * kDirectIoAlign + 100, 8);
   TempFile tmp(data);
-  const File uncached = File::open_uncached(tmp.path());
+  const File uncached = File::open_uncached(File::open(tmp.path()));
   if (!uncached.is_open()) GTEST_SKIP() << "the file system of " << tmp.path() << " has no O_DIRECT";
   EXPECT_EQ(uncached.size(), data.size());
   alignas(4096) static char buf[4 * 4096];
   EXPECT_EQ(::pread(uncached.fd(), buf, 2 * kDirectIoAlign, kDirectIoAlign), 2 * static_cast<ssize_t>(kDirectIoAlign));
   EXPECT_EQ(std::string(buf, 2 * kDirectIoAlign), data.substr(kDirectIoAlign, 2 * kDirectIoAlign));
+}
+
+TEST(File, UncachedViewIsNeverAnotherFileThanTheOpenOne) {
+  TempFile tmp(pattern_bytes(2 * kDirectIoAlign, 3));
+  const File file = File::open(tmp.path());
+  if (!File::open_uncached(file).is_open()) GTEST_SKIP() << "the file system of " << tmp.path() << " has no O_DIRECT";
+  TempFile other(pattern_bytes(2 * kDirectIoAlign, 4));
+  ASSERT_EQ(::rename(other.path().c_str(), tmp.path().c_str()), 0);  // the path now names another file
+  EXPECT_FALSE(File::open_uncached(file).is_open()) << "an O_DIRECT view of the replacement would mix two files";
 }
 
 TEST(File, OpenMissingFileIsIoWithErrno) {

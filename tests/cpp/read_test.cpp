@@ -101,7 +101,7 @@ class Uncached : public ::testing::Test {
   }
   TempFile tmp{mixed_file()};
   const File file = File::open(tmp.path());
-  const File uncached = File::open_uncached(tmp.path());
+  const File uncached = File::open_uncached(file);
   const Header h = Header::read(file);
   const std::vector<std::string> expected = reference_bytes(file, h);
 };
@@ -153,7 +153,7 @@ TEST(ReadHost, TruncatedFileIsIoOnTheUncachedPathToo) {
   const std::string bytes = mixed_file();
   TempFile tmp(bytes);
   const File file = File::open(tmp.path());
-  const File uncached = File::open_uncached(tmp.path());
+  const File uncached = File::open_uncached(file);
   if (!uncached.is_open()) GTEST_SKIP() << "the file system of " << tmp.path() << " has no O_DIRECT";
   const Header h = Header::read(file);
   ASSERT_EQ(::truncate(tmp.path().c_str(), static_cast<off_t>(bytes.size() / 2)), 0);
