@@ -135,7 +135,8 @@ def load_checkpoint(src, device: DeviceLike = "cpu", *, group: Optional[dist.Pro
     ``rank``, ``ranks``, ``read_ranks`` (the ranks that split this rank's
     reads), ``chunk_bytes``, ``bytes_total`` (the checkpoint's data),
     ``bytes_read`` (read from storage by this rank), ``bytes_sent`` and
-    ``bytes_received`` (exchanged), ``seconds_read``, ``seconds_exchange``.
+    ``bytes_received`` (exchanged), ``seconds_read``, ``seconds_exchange``,
+    ``seconds`` (the whole call).
 
     Errors are collective: a malformed or missing shard, an I/O error or a
     bad argument on any rank makes every rank raise that error (same class,
@@ -537,8 +538,9 @@ def _exchange(p: _Prepared, tensors: List[torch.Tensor], shares, group, me: int,
                 continue
             slot = slot_turn
             slot_turn = (slot_turn + 1) % _DEPTH
-            if buffers[slot] is None:
-                buffers[slot] = torch.empty(EXCHANGE_BYTES, dtype=torch.uint8, device=device)
+            if buffers[slot] is None or buffers[slot].numel() < size:
+                buffers[slot] = None
+                buffers[slot] = torch.empty(size, dtype=torch.uint8, device=device)
             buf = buffers[slot][:size]
             if owner == me:
                 at = 0

@@ -17,6 +17,7 @@ import shutil
 import socket
 import sys
 import time
+import traceback
 
 import psutil
 import pytest
@@ -259,20 +260,21 @@ def worker(rank: int, world: int, port: int, workdir: str) -> None:
         # calls; every other rank raises TimeoutError within the timeout.
         if rank != world - 1:
             report["timeout"] = outcome(lambda: sd.load_checkpoint(model, timeout=2.0))
-        else:  # alive but silent until the others have timed out
-            others = [os.path.join(workdir, f"rank{r}.json") for r in range(world - 1)]
-            deadline = time.monotonic() + 4 * TIMEOUT
-            while not all(map(os.path.exists, others)) and time.monotonic() < deadline:
-                time.sleep(0.1)
+    except BaseException:  # reported to the parent, which fails the test with it
+        report["error"] = traceback.format_exc()
     finally:
         report["seconds_worker"] = time.monotonic() - clock
         with open(os.path.join(workdir, f"rank{rank}.json.tmp"), "w") as f:
             json.dump(report, f)
         os.replace(os.path.join(workdir, f"rank{rank}.json.tmp"), os.path.join(workdir, f"rank{rank}.json"))
-    if "timeout" not in report:
-        dist.destroy_process_group()
-    else:
-        os._exit(0)  # its abandoned collective would hold destroy_process_group for the group's timeout
+    # Every rank stays alive (the last one silent) until all have reported,
+    # so that the others time out rather than see a peer leave.
+    reports = [os.path.join(workdir, f"rank{r}.json") for r in range(world)]
+    deadline = time.monotonic() + 4 * TIMEOUT
+    while not all(map(os.path.exists, reports)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # Abandoned collectives would hold destroy_process_group for the group's timeout.
+    os._exit(0)
 
 
 # --- the parent ---------------------------------------------------------------------
@@ -360,6 +362,8 @@ def test_ranks_load_like_one_process(model_dir, world):
     shutil.copytree(root / "broken", workdir / "broken")
     children_before = children()
     reports = run_group(world, str(workdir))
+    for r in reports:
+        assert "error" not in r, f"rank {r['rank']}:\n{r['error']}"
 
     # Replicate: every byte read once, by one rank; each rank's share off
     # 1/world by at most one read (chunk_bytes), and with the automatic
