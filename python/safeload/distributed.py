@@ -72,7 +72,8 @@ _STATUS_BYTES = 16384
 #: The host bounce buffer for slices read for a device that is not the CPU.
 _BOUNCE_BYTES = 64 << 20
 
-ShardSpec = Union[Tuple[int, Optional[int], Optional[int]], Callable[[int, int, List[int]], Tuple[int, Optional[int], Optional[int]]]]
+Slice = Tuple[int, Optional[int], Optional[int]]  # (dim, start, stop)
+ShardSpec = Union[Slice, Callable[[int, int, List[int]], Slice]]
 
 
 def split(dim: int) -> Callable[[int, int, List[int]], Tuple[int, int, int]]:
