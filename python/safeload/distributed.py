@@ -560,31 +560,11 @@ def _exchange(p: _Prepared, tensors: List[torch.Tensor], shares, group, me: int,
 
 # --- shard -------------------------------------------------------------------------
 
-_TORCH_DTYPES: Dict[str, Tuple[torch.dtype, int]] = {}
-
-
-def _torch_dtype(dtype: str) -> Tuple[torch.dtype, int]:
-    """(torch dtype, format elements per torch element) of a format dtype,
-    as the loader maps it: asked of the loader itself with an 8-element
-    probe, so this module spells no dtype."""
-    if dtype not in _TORCH_DTYPES:
-        import safeload
-
-        bits = safeload.DTYPES[dtype]
-        header = json.dumps({"p": {"dtype": dtype, "shape": [8], "data_offsets": [0, bits]}}).encode()
-        t = safeload.load(struct.pack("<Q", len(header)) + header + bytes(bits))["p"]
-        _TORCH_DTYPES[dtype] = (t.dtype, 8 // t.shape[0])
-    return _TORCH_DTYPES[dtype]
-
-
-def _torch_shape(name: str, dtype: str, shape: List[int], per: int) -> List[int]:
-    if per == 1:
-        return list(shape)
-    if not shape or shape[-1] % per:
-        raise SafetensorError(f"tensor '{name}' of {dtype} has shape {shape}: torch packs {per} {dtype} values "
-                              f"per element along the last dimension, which {shape[-1] if shape else 'a scalar'} "
-                              f"does not allow", "UNSUPPORTED_DTYPE")
-    return list(shape[:-1]) + [shape[-1] // per]
+def _torch_layout(name: str, dtype: str, shape: List[int], path: str = "") -> Tuple[torch.dtype, List[int]]:
+    """The torch dtype and sizes the loaders give this tensor (F4 packs two
+    values per element), or their UNSUPPORTED_DTYPE error: from the C++ torch
+    layer, so this module spells no dtype rule."""
+    return _C.torch_layout(name, dtype, list(shape), path)
 
 
 def _resolve_slices(p: _Prepared, shards: Mapping[str, ShardSpec], rank: int, world: int):
@@ -596,8 +576,7 @@ def _resolve_slices(p: _Prepared, shards: Mapping[str, ShardSpec], rank: int, wo
         if name not in infos:
             raise KeyError(f"shards names tensor '{name}', which the checkpoint does not hold")
         _, dtype, shape, _, _ = infos[name]
-        tdtype, per = _torch_dtype(dtype)
-        tshape = _torch_shape(name, dtype, shape, per)
+        _, tshape = _torch_layout(name, dtype, shape)
         if callable(spec):
             spec = spec(rank, world, list(tshape))
         if not isinstance(spec, (tuple, list)) or len(spec) != 3:
@@ -664,8 +643,7 @@ def _read_shards(p: _Prepared, out: dict) -> Dict[str, torch.Tensor]:
         for name, dtype, shape, begin, end in header["tensors"]:
             if name not in p.slices:
                 continue
-            tdtype, per = _torch_dtype(dtype)
-            tshape = _torch_shape(name, dtype, shape, per)
+            tdtype, tshape = _torch_layout(name, dtype, shape, os.fsdecode(path))
             dim, start, stop = p.slices[name]
             part_shape = list(tshape)
             part_shape[dim] = stop - start

@@ -278,6 +278,20 @@ PYBIND11_MODULE(_C, m) {
      py::arg("threads") = py::none(),
      "Reads byte ranges of a file into a CPU tensor's bytes, in parallel (for slices and shares).");
 
+  m.def("torch_layout", [](const std::string& name, const std::string& dtype, std::vector<std::int64_t> shape,
+                           const std::string& path) {
+    const std::optional<DType> d = dtype_from_name(dtype);
+    SAFELOAD_CHECK(d.has_value(), ErrorCode::kUnknownDtype, "unknown dtype '" + dtype + "'");
+    TensorInfo t;
+    t.name = name;
+    t.dtype = *d;
+    t.shape = std::move(shape);
+    const c10::ScalarType st = torch_dtype(t, path);
+    return py::make_tuple(st, torch_sizes(t, path));
+  }, py::arg("name"), py::arg("dtype"), py::arg("shape"), py::arg("path") = "",
+     "The torch dtype and sizes the loaders give a tensor of this format dtype and shape "
+     "(F4 packs two values per element), or the loaders' error.");
+
   m.def("reference_load_file", [](const PathBytes& path, const std::string& device) {
     TensorMap tensors = [&] {
       py::gil_scoped_release nogil;
