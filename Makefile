@@ -126,7 +126,7 @@ install-check: system-deps
 	$(INSTALL_PY) -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION) \
 	  $$(python3 -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
 	PYTHONPATH= $(INSTALL_PY) -m pip install -q --disable-pip-version-check --no-build-isolation . torch==$(TORCH_VERSION)
-	cd /tmp && PYTHONPATH= $(INSTALL_ENV)/bin/safeload conform --loader safeload_fast --property-cases 20 | tail -3
+	set -o pipefail; cd /tmp && PYTHONPATH= $(INSTALL_ENV)/bin/safeload conform --loader safeload_fast --property-cases 20 | tail -3
 	cd /tmp && PYTHONPATH= $(INSTALL_PY) -c \
 	  "import safeload, torch; print('installed', safeload.__file__, 'torch', torch.__version__)"
 	test -f "$$($(INSTALL_PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/safeload-autopatch.pth"
