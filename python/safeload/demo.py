@@ -20,34 +20,17 @@ import torch
 
 import safeload
 from safeload import inspect as inspect_cmd
+from safeload.bench.model import Shapes, qwen3_tensors
 
 
 def qwen3_like_state_dict(layers: int = 2, hidden: int = 256, intermediate: int = 768,
                           heads: int = 4, kv_heads: int = 2, head_dim: int = 64,
                           vocab: int = 4096, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Qwen3 decoder layer shapes (same names and structure, smaller sizes)."""
+    """Qwen3 decoder layer shapes (the benchmark's table, smaller sizes), bf16."""
     g = torch.Generator().manual_seed(seed)
-
-    def w(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float32).to(torch.bfloat16)
-
-    sd = {"model.embed_tokens.weight": w(vocab, hidden), "model.norm.weight": w(hidden), "lm_head.weight": w(vocab, hidden)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        sd.update({
-            p + "input_layernorm.weight": w(hidden),
-            p + "post_attention_layernorm.weight": w(hidden),
-            p + "self_attn.q_proj.weight": w(heads * head_dim, hidden),
-            p + "self_attn.k_proj.weight": w(kv_heads * head_dim, hidden),
-            p + "self_attn.v_proj.weight": w(kv_heads * head_dim, hidden),
-            p + "self_attn.o_proj.weight": w(hidden, heads * head_dim),
-            p + "self_attn.q_norm.weight": w(head_dim),
-            p + "self_attn.k_norm.weight": w(head_dim),
-            p + "mlp.gate_proj.weight": w(intermediate, hidden),
-            p + "mlp.up_proj.weight": w(intermediate, hidden),
-            p + "mlp.down_proj.weight": w(hidden, intermediate),
-        })
-    return sd
+    shapes = Shapes(hidden, intermediate, heads, kv_heads, head_dim, vocab)
+    return {name: torch.randn(*shape, generator=g, dtype=torch.float32).to(torch.bfloat16)
+            for name, shape in qwen3_tensors(shapes, layers)}
 
 
 def _raw(t: torch.Tensor) -> bytes:
