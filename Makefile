@@ -198,6 +198,12 @@ fuzz: fuzz-replay
 	  grep -E '^#[0-9]+\s+DONE|stat::' $(FUZZ_BUILD)/fuzz-$$t.log; \
 	done
 
+# The fault-injection and robustness suites' longer sweep (more read calls,
+# files and concurrency than make test runs).
+.PHONY: test-faults-long
+test-faults-long: build
+	SAFELOAD_FAULT_SWEEP=1 $(PY) -m pytest tests/python/test_faults.py tests/python/test_robustness.py -q
+
 test-sanitize: system-deps
 	@if [ ! -f $(ASAN_BUILD)/CMakeCache.txt ]; then \
 	  cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAFELOAD_SANITIZE=ON \

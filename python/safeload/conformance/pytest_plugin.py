@@ -15,7 +15,8 @@ The whole suite runs once, in isolated workers, the first time one of the
 generated tests executes; each test then reports its own case.
 
 Or, as a plugin (``pytest_plugins = ["safeload.conformance.pytest_plugin"]``
-in a conftest), the ``safeload_conformance`` fixture runs the suite and
+in a conftest, or ``pytest -p safeload.conformance.pytest_plugin``; it is
+not loaded into other pytest sessions), the ``safeload_conformance`` fixture runs the suite and
 returns a :class:`~safeload.conformance.report.Report`::
 
     def test_loader(safeload_conformance):
