@@ -61,13 +61,6 @@ if SWEEP:
     PATHS["default"] = {"op": "load", "kwargs": {}}
 
 
-@pytest.fixture(scope="session")
-def shim():
-    try:
-        return harness.build_shim()
-    except harness.NoCompiler as e:
-        pytest.skip(str(e))
-
 
 def supports_o_direct(directory: str) -> bool:
     probe = os.path.join(directory, ".o_direct_probe")

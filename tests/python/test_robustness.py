@@ -43,13 +43,6 @@ KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 CHILD_TIMEOUT = 120  # a child that has not finished by then is hung
 
 
-@pytest.fixture(scope="session")
-def shim():
-    try:
-        return harness.build_shim()
-    except harness.NoCompiler as e:
-        pytest.skip(str(e))
-
 
 def model_tensors(seed: int = 0, n: int = 6, numel: int = 100_003) -> dict:
     g = torch.Generator().manual_seed(seed)

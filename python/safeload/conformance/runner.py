@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from safeload.conformance.cases import ACCEPT, IMPL, REJECT, Case
+from safeload.conformance.cases import IMPL, REJECT, Case
 from safeload.conformance.report import FAILED, IMPL_DEFINED, PASSED, XFAIL, XPASS, Report, Result
 
 STARTUP_TIMEOUT = 120.0
@@ -48,14 +48,60 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-class Worker:
+class ChildProcess:
+    """What a worker and an executable testee share: a child process in a
+    session of its own (so a kill takes its children too), its output in a
+    log file the harness owns."""
+
+    noun = "worker"       # in messages
+    log_noun = "output"   # what the log holds
+
+    def _open_log(self, log_dir: str) -> None:
+        fd, self.log_path = tempfile.mkstemp(prefix=f"{self.noun}-", suffix=".log", dir=log_dir)
+        os.close(fd)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - n))
+                return f.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def _why_dead(self) -> str:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return ""
+        what = f"crashed ({_signal_name(code)})" if code < 0 else f"{self.noun} exited with status {code}"
+        tail = self.log_tail(600)
+        return what + (f"; {self.noun} {self.log_noun} ends: {tail}" if tail else "")
+
+
+class Worker(ChildProcess):
     """One worker process for one loader."""
 
     def __init__(self, loader: str, log_dir: str, env: dict[str, str] | None = None, python: str | None = None):
         self.loader = loader
         req_r, self._req_w = os.pipe()
         self._resp_r, resp_w = os.pipe()
-        self.log_path = tempfile.mktemp(prefix="worker-", suffix=".log", dir=log_dir)
+        self._open_log(log_dir)
         environ = dict(os.environ if env is None else env)
         environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (_package_root(), os.getcwd(), environ.get("PYTHONPATH", "")) if p
@@ -111,39 +157,6 @@ class Worker:
             self.kill()
             return None, f"timed out after {timeout:g} s (hang)"
         return None, self._why_dead()
-
-    def _why_dead(self) -> str:
-        try:
-            code = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            return ""
-        what = f"crashed ({_signal_name(code)})" if code < 0 else f"worker exited with status {code}"
-        tail = self.log_tail(600)
-        return what + (f"; worker output ends: {tail}" if tail else "")
-
-    def log_tail(self, n: int = 2000) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - n))
-                return f.read().decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
 
     def close(self) -> None:
         try:

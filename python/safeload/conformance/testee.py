@@ -27,7 +27,6 @@ import json
 import os
 import select
 import shlex
-import signal
 import struct
 import subprocess
 import tempfile
@@ -35,6 +34,7 @@ import time
 from typing import Any
 
 from safeload.conformance.cases import TORCH_DTYPES, _PACKED_LAST_DIM
+from safeload.conformance.runner import ChildProcess
 
 PROTOCOL = 1
 PREFIX = "exec:"
@@ -61,14 +61,17 @@ class ProtocolError(RuntimeError):
     pass
 
 
-class ExecWorker:
+class ExecWorker(ChildProcess):
     """One running testee executable."""
+
+    noun = "testee"
+    log_noun = "stderr"
 
     def __init__(self, loader: str, log_dir: str, startup_timeout: float = 120.0):
         from safeload.conformance.runner import WorkerStartError
 
         self.loader = loader
-        self.log_path = tempfile.mktemp(prefix="testee-", suffix=".log", dir=log_dir)
+        self._open_log(log_dir)
         self.out_dir = tempfile.mkdtemp(prefix="testee-out-", dir=log_dir)
         argv = command(loader)
         from safeload.conformance.runner import _package_root
@@ -91,10 +94,6 @@ class ExecWorker:
         if reply.get("protocol") != PROTOCOL:
             self.kill()
             raise WorkerStartError(f"testee {loader!r} speaks protocol {reply.get('protocol')!r}, expected {PROTOCOL}")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     def _read_exact(self, n: int, deadline: float) -> bytes | None:
         fd = self.proc.stdout.fileno()
@@ -178,41 +177,6 @@ class ExecWorker:
                                "sha256": sha, "nbytes": n}
         return {"accepted": True, "tensors": described, "order": order, "problems": problems, "checks": {},
                 "seconds": seconds}
-
-    def _why_dead(self) -> str:
-        try:
-            code = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            return ""
-        if code < 0:
-            try:
-                what = f"crashed ({signal.Signals(-code).name})"
-            except ValueError:
-                what = f"crashed (signal {-code})"
-        else:
-            what = f"testee exited with status {code}"
-        tail = self.log_tail(600)
-        return what + (f"; testee stderr ends: {tail}" if tail else "")
-
-    def log_tail(self, n: int = 2000) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - n))
-                return f.read().decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
 
     def close(self) -> None:
         try:
