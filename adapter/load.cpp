@@ -15,7 +15,6 @@
 
 #include "safeload/error.h"
 #include "safeload/fast.h"
-#include "safeload/reference.h"
 #include "safeload/torch.h"
 
 #if defined(__linux__)
@@ -217,6 +216,7 @@ class LoadState {
   c10::Device device;
   LoadOptions options;
   std::vector<const TensorInfo*> infos;   // every tensor, file order
+  std::vector<std::size_t> first;         // index in `infos` of each shard's first tensor
   std::vector<std::string_view> paths;    // the shard of each tensor
   std::vector<bool> wanted;
   std::vector<at::Tensor> tensors;        // undefined where not wanted
@@ -235,6 +235,15 @@ class LoadState {
 
   LoadState(std::shared_ptr<const Checkpoint> c, c10::Device d, LoadOptions o)
       : shared(std::move(c)), checkpoint(*shared), device(d), options(std::move(o)) {}
+
+  // Index of tensor `name` in `infos`: each shard's header looks it up by name.
+  std::optional<std::size_t> find(std::string_view name) const {
+    for (std::size_t s = 0; s < checkpoint.shards().size(); ++s) {
+      const Header& h = checkpoint.shards()[s].header;
+      if (const TensorInfo* t = h.find(name)) return first[s] + static_cast<std::size_t>(t - h.tensors().data());
+    }
+    return std::nullopt;
+  }
 
   void run() noexcept {
     std::exception_ptr error;
@@ -271,6 +280,7 @@ std::unique_ptr<Loading> Loading::start(std::shared_ptr<const Checkpoint> checkp
   for (const Shard& shard : cp.shards()) {
     check_torch_compatible(shard.header, shard.file.path());
     headers.push_back(&shard.header);
+    st->first.push_back(st->infos.size());
     for (const TensorInfo& t : shard.header.tensors()) {
       st->infos.push_back(&t);
       st->paths.push_back(shard.file.path());
@@ -279,13 +289,9 @@ std::unique_ptr<Loading> Loading::start(std::shared_ptr<const Checkpoint> checkp
   st->wanted.assign(st->infos.size(), only == nullptr);
   if (only) {
     for (const std::string& name : *only) {
-      std::size_t found = st->infos.size();
-      for (std::size_t i = 0; i < st->infos.size() && found == st->infos.size(); ++i) {
-        if (st->infos[i]->name == name) found = i;
-      }
-      SAFELOAD_CHECK(found < st->infos.size(), ErrorCode::kInvalidArgument,
-                     "no tensor named '" + name + "' in the checkpoint");
-      st->wanted[found] = true;
+      const std::optional<std::size_t> found = st->find(name);
+      SAFELOAD_CHECK(found.has_value(), ErrorCode::kInvalidArgument, "no tensor named '" + name + "' in the checkpoint");
+      st->wanted[*found] = true;
     }
   }
 
@@ -384,12 +390,7 @@ std::size_t Loading::size() const { return state_->infos.size(); }
 const TensorInfo& Loading::info(std::size_t i) const { return *state_->infos.at(i); }
 bool Loading::loaded(std::size_t i) const { return state_->wanted.at(i); }
 
-std::optional<std::size_t> Loading::find(std::string_view name) const {
-  for (std::size_t i = 0; i < state_->infos.size(); ++i) {
-    if (state_->infos[i]->name == name) return i;
-  }
-  return std::nullopt;
-}
+std::optional<std::size_t> Loading::find(std::string_view name) const { return state_->find(name); }
 
 at::Tensor Loading::wait(std::size_t i, long timeout_ms) {
   SAFELOAD_CHECK(i < size() && state_->wanted[i], ErrorCode::kInvalidArgument,
