@@ -40,6 +40,7 @@ import torch
 import safeload
 import safeload.reference
 from harness import digest
+from safeload.bench.cache import evict
 
 KINDS = {"none": 0, "eio": 1, "eintr": 2, "short": 3, "eof": 4, "eagain": 5, "delay": 6,
          "truncate": 7, "replace": 8, "unlink": 9}
@@ -94,13 +95,6 @@ def rss() -> int:
     return 0
 
 
-def evict(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def call(case: dict):

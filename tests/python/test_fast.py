@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import safeload
 import safeload.reference
+from safeload.bench import cache
 from safeload.testing import strategies as sts
 
 from helpers import MALFORMED, assert_same, raw_bytes, write_raw
@@ -174,12 +175,7 @@ def test_cold_file_loads_through_the_uncached_path(tmp_path):
     data_bytes = sum(t.numel() * t.element_size() for t in expected.values())
 
     def evict():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        cache.evict(path)
 
     def check(got):
         assert set(got) == set(expected)

@@ -35,9 +35,11 @@ def _lib():
 
 
 def evict(path: str | os.PathLike) -> None:
-    """Drop the file's pages from the page cache (cold start)."""
+    """Drop the file's pages from the page cache (cold start). Written-back
+    first: the kernel keeps dirty pages, so a file just written would stay."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
