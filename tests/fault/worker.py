@@ -74,10 +74,21 @@ def thread_count() -> int:
 
 
 def counts(threads_expected: int | None = None) -> dict:
-    """fds, threads and RSS now. With ``threads_expected``, first waits up to
+    """fds, threads and RSS: without ``threads_expected`` once the thread count
+    is steady (a baseline); with it, after waiting up to
     two seconds for threads that are still exiting to be gone (a joined
     Python thread's OS thread may outlive the join by a moment)."""
-    if threads_expected is not None:
+    if threads_expected is None:
+        # A baseline: a thread joined just before can stay listed in
+        # /proc/self/task for a moment, so sample once the count is steady.
+        last, deadline = thread_count(), time.monotonic() + 2
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = thread_count()
+            if now == last:
+                break
+            last = now
+    else:
         deadline = time.monotonic() + 2
         while thread_count() > threads_expected and time.monotonic() < deadline:
             time.sleep(0.01)

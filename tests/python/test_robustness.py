@@ -341,8 +341,20 @@ def counts():
         rss = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
     return {"fds": len(os.listdir("/proc/self/fd")), "threads": len(os.listdir("/proc/self/task")), "rss": rss}
 
+def settled():
+    # A joined thread can stay listed in /proc/self/task for a moment after
+    # pthread_join returns: sample once the count has stopped changing.
+    last, deadline = counts(), time.monotonic() + 2
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = counts()
+        if now["threads"] == last["threads"]:
+            return now
+        last = now
+    return last
+
 safeload.load_file(warm, **kw)  # first-use setup is not the load's
-before = counts()
+before = settled()
 print("STARTED", flush=True)
 loads = 0
 try:
