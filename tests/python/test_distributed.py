@@ -227,7 +227,15 @@ def check_errors(model: str, broken: str, report: dict) -> None:
 def resources() -> dict:
     gc.collect()
     proc = psutil.Process()
-    return {"fds": len(os.listdir("/proc/self/fd")), "threads": proc.num_threads(), "rss": proc.memory_info().rss}
+    # A thread joined just before can stay listed for a moment: count once steady.
+    threads, deadline = proc.num_threads(), time.monotonic() + 2
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = proc.num_threads()
+        if now == threads:
+            break
+        threads = now
+    return {"fds": len(os.listdir("/proc/self/fd")), "threads": threads, "rss": proc.memory_info().rss}
 
 
 def worker(rank: int, world: int, port: int, workdir: str) -> None:
