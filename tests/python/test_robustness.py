@@ -36,6 +36,7 @@ import harness  # noqa: E402
 
 import safeload  # noqa: E402
 import safeload.reference  # noqa: E402
+from helpers import assert_same, raw_bytes  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux: FIFOs, /proc, LD_PRELOAD")
 
@@ -59,19 +60,6 @@ def model(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("robust") / "model.safetensors")
     upstream.save_file(model_tensors(), path)
     return path, {k: v.clone() for k, v in upstream.load_file(path).items()}
-
-
-def raw(t: torch.Tensor) -> bytes:
-    t = t.contiguous()
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
-def assert_same(got: dict, want: dict) -> None:
-    assert set(got) == set(want)
-    for name, w in want.items():
-        assert got[name].dtype == w.dtype, name
-        assert tuple(got[name].shape) == tuple(w.shape), name
-        assert raw(got[name]) == raw(w), name
 
 
 def write_header_only(path, header: dict, data: bytes = b"") -> str:
@@ -452,7 +440,7 @@ def test_item6_zero_size_tensor_with_huge_dims_loads_like_upstream(tmp_path):
         assert set(got) == set(want), name
         assert tuple(got["huge"].shape) == tuple(want["huge"].shape) == (0, 2**62, 2**62), name
         assert got["huge"].dtype == torch.float32 and got["huge"].numel() == 0, name
-        assert raw(got["small"]) == b"\x01\x02", name
+        assert raw_bytes(got["small"]) == b"\x01\x02", name
 
 
 @pytest.mark.parametrize("device", ["meta", torch.device("meta")])

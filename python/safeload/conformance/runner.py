@@ -84,6 +84,13 @@ class ChildProcess:
         except OSError:
             return ""
 
+    def _wait_or_kill(self, timeout: float = 10) -> None:
+        """After its input is closed: lets the child exit, or kills it."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
     def _why_dead(self) -> str:
         try:
             code = self.proc.wait(timeout=5)
@@ -163,10 +170,7 @@ class Worker(ChildProcess):
             os.close(self._req_w)
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        self._wait_or_kill()
         try:
             os.close(self._resp_r)
         except OSError:

@@ -183,10 +183,7 @@ class ExecWorker(ChildProcess):
             self.proc.stdin.close()
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        self._wait_or_kill()
         self.proc.stdout.close()
 
 
