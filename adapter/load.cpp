@@ -249,7 +249,7 @@ class LoadState {
     std::exception_ptr error;
     try {
       if (policy.route == fast::ReadPolicy::Route::kDirect) {
-        fast::read_host(sources, plan, host, slots, *executor, control.get());
+        fast::read_host(sources, plan, host, slots, *executor, control.get(), policy.prefault);
       } else {
         fast::read_staged(sources, plan, slots, *target, *executor, control.get());
       }
@@ -316,6 +316,7 @@ std::unique_ptr<Loading> Loading::start(std::shared_ptr<const Checkpoint> checkp
   in.staged = options.staged;
   in.cores = fast::hardware_cores();
   in.host_writable = host_writable;
+  in.prefault = options.prefault;
   std::uint64_t data_bytes = 0;
   for (std::size_t i = 0; i < st->infos.size(); ++i) data_bytes += st->wanted[i] ? st->infos[i]->nbytes() : 0;
   in.data_bytes = data_bytes;
@@ -458,6 +459,7 @@ LoadReport Loading::report() const {
   r.chunk_bytes = p.chunk_bytes;
   r.slot_bytes = p.slot_bytes;
   r.slot_count = p.slot_count;
+  r.prefault = p.prefault;
   r.ops = state_->plan.ops.size();
   r.ops_uncached = state_->control->ops_uncached();
   r.bytes_total = state_->plan.total_bytes;

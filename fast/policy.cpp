@@ -61,6 +61,7 @@ ReadPolicy decide_policy(const PolicyInput& in) {
     p.chunk_bytes = std::max(p.chunk_bytes, kMinChunkBytes);
   }
 
+  p.prefault = direct && in.prefault;
   if (direct && !p.bypass) return p;  // straight into the destinations: no slots
   p.slot_bytes = slot_bytes_for(p.chunk_bytes, p.bypass);
   // Within staging_bytes (one slot at the least), one bounce slot per reader

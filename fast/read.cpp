@@ -1,3 +1,4 @@
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -9,6 +10,8 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
+#include <system_error>
 #include <utility>
 
 #include "safeload/error.h"
@@ -196,16 +199,86 @@ bool any_uncached(const std::vector<Source>& sources) {
 
 }  // namespace
 
+#if defined(__linux__)
+// Linux 5.14; older headers lack the name, older kernels answer EINVAL.
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#endif
+
+Prefaulter::Prefaulter(const Plan& plan, const std::vector<void*>& dst, bool start) : plan_(plan), dst_(dst) {
+  if (start) this->start();
+}
+
+void Prefaulter::start() {
+#if defined(__linux__)
+  if (thread_.joinable()) return;
+  try {
+    thread_ = std::thread([this] { run(); });
+  } catch (const std::system_error&) {
+    // No thread: the readers fault their pages in themselves.
+  }
+#endif
+}
+
+Prefaulter::~Prefaulter() {
+  stop_.store(true, std::memory_order_relaxed);
+  join();
+}
+
+void Prefaulter::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Prefaulter::reached(std::size_t k) noexcept {
+  std::size_t seen = frontier_.load(std::memory_order_relaxed);
+  while (seen < k + 1 && !frontier_.compare_exchange_weak(seen, k + 1, std::memory_order_relaxed)) {
+  }
+}
+
+void Prefaulter::run() noexcept {
+#if defined(__linux__)
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  // Small steps, so a reader that overtakes it is noticed soon.
+  constexpr std::uintptr_t kStep = 4u << 20;
+  for (std::size_t k = 0; k < plan_.ops.size(); ++k) {
+    k = std::max(k, frontier_.load(std::memory_order_relaxed));
+    if (k >= plan_.ops.size()) break;
+    const ReadOp& op = plan_.ops[k];
+    for (std::size_t s = 0; s < op.segment_count; ++s) {
+      const Segment& seg = plan_.segments[op.first_segment + s];
+      const auto start = reinterpret_cast<std::uintptr_t>(dst_[seg.tensor]) + seg.tensor_offset;
+      // Whole pages inside the segment only: the ends may share a page with
+      // memory that is not ours to touch.
+      std::uintptr_t at = (start + page - 1) / page * page;
+      const std::uintptr_t end = (start + seg.length) / page * page;
+      while (at < end) {
+        if (stop_.load(std::memory_order_relaxed) || frontier_.load(std::memory_order_relaxed) > k) break;
+        const std::uintptr_t n = std::min(kStep, end - at);
+        if (::madvise(reinterpret_cast<void*>(at), n, MADV_POPULATE_WRITE) != 0 && errno == EINVAL) {
+          return;  // this kernel cannot populate: leave it to the readers
+        }
+        at += n;
+      }
+    }
+    if (stop_.load(std::memory_order_relaxed)) return;
+  }
+#endif
+}
+
 void read_host(const std::vector<Source>& sources, const Plan& plan, const std::vector<void*>& dst,
-               const std::vector<void*>& slots, Executor& executor, LoadControl* control) {
+               const std::vector<void*>& slots, Executor& executor, LoadControl* control, bool prefault) {
   SAFELOAD_INTERNAL_ASSERT(dst.size() == plan.tensor_bytes.size(), "one destination per tensor");
   const bool bypass = any_uncached(sources);
   SAFELOAD_INTERNAL_ASSERT(!bypass || !slots.empty(), "uncached reads need a bounce slot");
   check_slots(slots, bypass);
   HostCopyTarget copier(dst);
   SlotRing ring(slots.size(), copier);
+  std::optional<Prefaulter> prefaulter;
+  if (prefault) prefaulter.emplace(plan, dst);
   executor.parallel_for(plan.ops.size(), [&](std::size_t k) {
     if (control) control->check_cancelled();
+    if (prefaulter) prefaulter->reached(k);
     const ReadOp& op = plan.ops[k];
     const Source& src = sources[op.file];
     if (src.uncached && !(src.cache && src.cache->cached(op.file_offset, op.length))) {

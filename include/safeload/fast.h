@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "safeload/file.h"
@@ -93,6 +94,7 @@ struct PolicyInput {
   bool host_writable = true;        // every destination is host-writable
   bool direct_io = false;           // every file opened with O_DIRECT
   bool all_cached = true;           // sampled: the page cache holds every file
+  bool prefault = true;             // the prefault option
 };
 
 struct ReadPolicy {
@@ -109,6 +111,9 @@ struct ReadPolicy {
   std::uint64_t chunk_bytes = 0;
   std::uint64_t slot_bytes = 0;     // 0 when the route needs no slots
   std::size_t slot_count = 0;
+  // Populate destination pages ahead of the readers (direct route only:
+  // staged destinations are device memory).
+  bool prefault = false;
 };
 
 ReadPolicy decide_policy(const PolicyInput& in);
@@ -281,9 +286,39 @@ std::uint64_t slot_bytes_for(std::uint64_t chunk_bytes, bool uncached);
 // O_DIRECT into a bounce slot and copied out. `slots` (needed only when some
 // source has `uncached`): each slot_bytes_for(plan.chunk_bytes, true) bytes
 // and kDirectIoAlign-aligned. `control` (may be null) is told of each op and
-// asked between ops whether to stop.
+// asked between ops whether to stop. `prefault`: one more thread populates
+// the destinations' pages ahead of the readers (see Prefaulter).
 void read_host(const std::vector<Source>& sources, const Plan& plan, const std::vector<void*>& dst,
-               const std::vector<void*>& slots, Executor& executor, LoadControl* control = nullptr);
+               const std::vector<void*>& slots, Executor& executor, LoadControl* control = nullptr,
+               bool prefault = false);
+
+// Populates the whole pages of the destinations of `plan`'s ops, in op order,
+// on a thread of its own, skipping ops the readers have already reached
+// (reached()). Populating never changes a byte: a page already present is
+// left as it is, so readers may overtake it. Where the kernel cannot populate
+// (not Linux, before 5.14) or no thread can be started, it does nothing.
+// The destructor stops it and waits for it.
+class Prefaulter {
+ public:
+  // Starts at once unless `start` is false (then call start()).
+  Prefaulter(const Plan& plan, const std::vector<void*>& dst, bool start = true);
+  ~Prefaulter();
+  void start();
+  Prefaulter(const Prefaulter&) = delete;
+  Prefaulter& operator=(const Prefaulter&) = delete;
+  // A reader has started op k.
+  void reached(std::size_t k) noexcept;
+  // Waits until it has stopped (tests).
+  void join();
+
+ private:
+  void run() noexcept;
+  const Plan& plan_;
+  const std::vector<void*>& dst_;
+  std::atomic<std::size_t> frontier_{0};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
 
 // Reads through `slots` (host memory, each slot_bytes_for(plan.chunk_bytes,
 // uncached) long), reusing a slot only after target.wait_slot. Sources with

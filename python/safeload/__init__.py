@@ -41,6 +41,7 @@ def load_file(
     staging_bytes: Optional[int] = None,
     staged: bool = False,
     io: str = "auto",
+    prefault: bool = True,
     backend: Optional[str] = None,
     report: Optional[dict] = None,
 ) -> Dict[str, torch.Tensor]:
@@ -57,7 +58,11 @@ def load_file(
     so no page-cache copy of a cold file is made only to be copied again;
     ``"cached"`` always reads through the page cache, ``"uncached"`` never
     does (where ``O_DIRECT`` is unsupported both fall back to the page
-    cache). The result is byte-identical to
+    cache). ``prefault`` (Linux, CPU) populates the destinations' pages from
+    one more thread ahead of the readers: new pages come in bulk at about
+    twice the rate of one fault per page, and that work overlaps the reads;
+    ``False`` lets each page fault in where a read first writes it. The
+    result is byte-identical to
     ``safeload.reference.load_file``. ``report``, a dict, is filled with what
     the load did: the route (``"direct"`` or ``"staged"``), threads, chunk
     size, slots, and the reads and bytes that bypassed the page cache.
@@ -68,7 +73,8 @@ def load_file(
     """
     _check_backend(backend)
     return _loading.load([path], device, threads=threads, chunk_bytes=chunk_bytes,
-                         staging_bytes=staging_bytes, staged=staged, io=io, report=report)
+                         staging_bytes=staging_bytes, staged=staged, io=io, prefault=prefault,
+                         report=report)
 
 
 #: ``backend`` values upstream accepts; safeload reads the same way for all.

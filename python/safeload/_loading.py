@@ -23,7 +23,8 @@ Source = Union[PathLike, Sequence[PathLike]]
 ProgressFn = Callable[[int, int], None]
 
 #: The options every load accepts, with their defaults (None: automatic).
-OPTIONS = {"threads": None, "chunk_bytes": None, "staging_bytes": None, "staged": False, "io": "auto"}
+OPTIONS = {"threads": None, "chunk_bytes": None, "staging_bytes": None, "staged": False, "io": "auto",
+           "prefault": True}
 
 
 def _path_bytes(path: PathLike) -> bytes:
@@ -71,7 +72,7 @@ def _start(files: List[bytes], one: bytes, device: DeviceLike, only: Optional[Li
            options: dict) -> "_C.Loading":
     o = _options(options)
     return _C.Loading(files, one, device_string(device), o["threads"], o["chunk_bytes"],
-                      o["staging_bytes"], bool(o["staged"]), o["io"], only)
+                      o["staging_bytes"], bool(o["staged"]), o["io"], only, prefault=bool(o["prefault"]))
 
 
 def load(src: Source, device: DeviceLike = "cpu", *, progress: Optional[ProgressFn] = None,

@@ -417,7 +417,8 @@ def _load_replicated(p: _Prepared, comm: _Comm, infos: List[dict], per_node: boo
 def _read_share(p: _Prepared, ops: List[int], out: dict) -> List[torch.Tensor]:
     o = p.options
     loading = _C.Loading(p.files if not p.one else [], p.one, p.device, o["threads"], p.chunk_bytes,
-                         o["staging_bytes"], bool(o["staged"]), o["io"], None, ops)
+                         o["staging_bytes"], bool(o["staged"]), o["io"], None, ops,
+                         prefault=bool(o["prefault"]))
     try:
         pairs = loading.wait_all()
         out["bytes_read"] = loading.report()["bytes_done"]
@@ -631,7 +632,8 @@ def _read_shards(p: _Prepared, out: dict) -> Dict[str, torch.Tensor]:
     # The replicated rest, through the loader (which also checks an index
     # against the shards, whatever it holds).
     loading = _C.Loading(p.files if not p.one else [], p.one, p.device, o["threads"], o["chunk_bytes"],
-                         o["staging_bytes"], bool(o["staged"]), o["io"], rest)
+                         o["staging_bytes"], bool(o["staged"]), o["io"], rest,
+                         prefault=bool(o["prefault"]))
     try:
         whole = dict(loading.wait_all())
         bytes_read = loading.report()["bytes_done"]

@@ -100,13 +100,14 @@ std::uint64_t size_option(const char* name, const py::handle& value) {
 }
 
 LoadOptions make_options(const py::handle& threads, const py::handle& chunk_bytes, const py::handle& staging_bytes,
-                         bool staged, const std::string& io) {
+                         bool staged, const std::string& io, bool prefault = true) {
   LoadOptions options;
   options.threads = static_cast<std::size_t>(std::min<std::uint64_t>(size_option("threads", threads), SIZE_MAX));
   options.chunk_bytes = size_option("chunk_bytes", chunk_bytes);
   options.staging_bytes = staging_bytes.is_none() ? kDefaultStagingBytes : size_option("staging_bytes", staging_bytes);
   options.staged = staged;
   options.io = parse_io(io);
+  options.prefault = prefault;
   validate(options);
   return options;
 }
@@ -147,6 +148,7 @@ py::dict report_to_dict(const LoadReport& r) {
   d["chunk_bytes"] = r.chunk_bytes;
   d["slot_bytes"] = r.slot_bytes;
   d["slot_count"] = r.slot_count;
+  d["prefault"] = r.prefault;
   d["ops"] = r.ops;
   d["ops_uncached"] = r.ops_uncached;
   d["bytes_total"] = r.bytes_total;
@@ -324,8 +326,8 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init([](const py::object& source, const PathBytes& src, const std::string& device,
                        const py::object& threads, const py::object& chunk_bytes, const py::object& staging_bytes,
                        bool staged, const std::string& io, std::optional<std::vector<std::string>> only,
-                       std::optional<std::vector<std::size_t>> ops) {
-             const LoadOptions options = make_options(threads, chunk_bytes, staging_bytes, staged, io);
+                       std::optional<std::vector<std::size_t>> ops, bool prefault) {
+             const LoadOptions options = make_options(threads, chunk_bytes, staging_bytes, staged, io, prefault);
              const c10::Device dev = parse_device(device);
              std::shared_ptr<const Checkpoint> checkpoint;
              std::vector<PathBytes> files;
@@ -344,7 +346,7 @@ PYBIND11_MODULE(_C, m) {
                                    ops ? &*ops : nullptr);
            }),
            py::arg("files"), py::arg("src"), py::arg("device"), py::arg("threads"), py::arg("chunk_bytes"),
-           py::arg("staging_bytes"), py::arg("staged"), py::arg("io"), py::arg("only"), py::arg("ops") = py::none(),
+           py::arg("staging_bytes"), py::arg("staged"), py::arg("io"), py::arg("only"), py::arg("ops") = py::none(), py::arg("prefault") = true,
            "Starts loading `files` (a list of paths, or a Checkpoint opened before; or, when the list is "
            "empty, the checkpoint `src` names).")
       .def("names", [](const Loading& l) {

@@ -81,6 +81,21 @@ TEST(Policy, DeviceTargetsStageThroughTheCacheWithinTheStagingBound) {
   EXPECT_TRUE(decide_policy(in).bypass);
 }
 
+TEST(Policy, PrefaultingIsForHostDestinationsAndCanBeTurnedOff) {
+  PolicyInput in = host_input(1ull << 30);
+  EXPECT_TRUE(decide_policy(in).prefault) << "warm direct";
+  in.all_cached = false;
+  EXPECT_TRUE(decide_policy(in).prefault) << "cold direct";
+  in.prefault = false;
+  EXPECT_FALSE(decide_policy(in).prefault);
+  in.prefault = true;
+  in.host_writable = false;
+  EXPECT_FALSE(decide_policy(in).prefault) << "staged destinations are device memory";
+  in.host_writable = true;
+  in.staged = true;
+  EXPECT_FALSE(decide_policy(in).prefault);
+}
+
 TEST(Policy, StagingIsForcedOnHostMemoryWhenAsked) {
   PolicyInput in = host_input(1ull << 20);
   in.staged = true;

@@ -1,5 +1,6 @@
 // The fast loader's byte movers against the reference loader, byte for byte.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -148,6 +149,100 @@ TEST_F(Uncached, HostReadsMixingCachedAndUncachedOpsMatchReference) {
     }
   }
 }
+
+TEST(ReadHost, PrefaultedReadsMatchReference) {
+  TempFile tmp(mixed_file());
+  const File file = File::open(tmp.path());
+  const Header h = Header::read(file);
+  const auto expected = reference_bytes(file, h);
+  for (std::uint64_t chunk : {5ull, 4096ull, 1ull << 20}) {
+    for (std::size_t threads : {1, 4}) {
+      SCOPED_TRACE(std::to_string(chunk) + " bytes, " + std::to_string(threads) + " threads");
+      Buffers out(h);
+      auto executor = make_executor(threads);
+      read_host({Source{&file}}, plan_reads(h, chunk), out.ptrs, {}, *executor, nullptr, /*prefault=*/true);
+      EXPECT_EQ(out.storage, expected);
+    }
+  }
+}
+
+#if defined(__linux__)
+// Fresh anonymous memory, small pages only, and which of its pages are resident.
+struct FreshPages {
+  explicit FreshPages(std::size_t pages) : page(static_cast<std::size_t>(::sysconf(_SC_PAGESIZE))), length(pages * page) {
+    void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::runtime_error("mmap failed");
+    base = static_cast<char*>(p);
+    ::madvise(base, length, MADV_NOHUGEPAGE);
+  }
+  ~FreshPages() { ::munmap(base, length); }
+  std::vector<bool> resident() const {
+    std::vector<unsigned char> v(length / page);
+    if (::mincore(base, length, v.data()) != 0) throw std::runtime_error("mincore failed");
+    std::vector<bool> out;
+    for (unsigned char c : v) out.push_back((c & 1) != 0);
+    return out;
+  }
+  std::size_t page, length;
+  char* base;
+};
+
+bool kernel_can_populate() {
+  FreshPages probe(1);
+  return ::madvise(probe.base, probe.page, 23 /* MADV_POPULATE_WRITE */) == 0;
+}
+
+// The prefaulter makes exactly the whole pages of each segment resident:
+// none outside them (a page shared with other memory is not its to touch),
+// and it changes no byte that is there already.
+TEST(Prefaulter, PopulatesTheWholePagesOfEverySegmentAndNothingElse) {
+  if (!kernel_can_populate()) GTEST_SKIP() << "this kernel has no MADV_POPULATE_WRITE";
+  FreshPages mem(64);
+  const std::size_t pg = mem.page;
+  // Tensor 0: pages 1-9 plus half a page on each side; tensor 1: pages 20-39
+  // exactly, split over two ops; tensor 2: less than a page, inside page 50.
+  mem.base[45 * pg] = 7;  // a resident page that is not a destination
+  std::vector<void*> dst = {mem.base + pg / 2, mem.base + 20 * pg, mem.base + 50 * pg + 8};
+  Plan plan;
+  plan.segments = {{0, 0, 10 * pg}, {1, 0, 10 * pg}, {1, 10 * pg, 10 * pg}, {2, 0, 100}};
+  plan.ops = {{0, 0, 10 * pg, 0, 1}, {0, 10 * pg, 10 * pg, 1, 1}, {0, 20 * pg, 10 * pg + 100, 2, 2}};
+  {
+    Prefaulter prefaulter(plan, dst);
+    prefaulter.join();
+  }
+  const std::vector<bool> resident = mem.resident();
+  for (std::size_t p = 0; p < resident.size(); ++p) {
+    const bool inside = (p >= 1 && p <= 9) || (p >= 20 && p < 40);
+    EXPECT_EQ(resident[p], inside || p == 45) << "page " << p;
+  }
+  EXPECT_EQ(mem.base[45 * pg], 7);
+  for (std::size_t i = pg; i < 10 * pg; ++i) ASSERT_EQ(mem.base[i], 0) << "populated memory reads as zeros";
+}
+
+// Ops a reader has already started are skipped.
+TEST(Prefaulter, SkipsOpsTheReadersHaveReached) {
+  if (!kernel_can_populate()) GTEST_SKIP() << "this kernel has no MADV_POPULATE_WRITE";
+  FreshPages mem(40);
+  const std::size_t pg = mem.page;
+  std::vector<void*> dst = {mem.base};
+  Plan plan;
+  for (std::size_t k = 0; k < 4; ++k) {
+    plan.segments.push_back({0, k * 10 * pg, 10 * pg});
+    plan.ops.push_back({0, k * 10 * pg, 10 * pg, k, 1});
+  }
+  std::vector<bool> resident;
+  {
+    // Readers have started ops 0-2 before the prefaulter runs: only op 3's
+    // pages are its to populate.
+    Prefaulter prefaulter(plan, dst, /*start=*/false);
+    prefaulter.reached(2);
+    prefaulter.start();
+    prefaulter.join();
+  }
+  resident = mem.resident();
+  for (std::size_t p = 0; p < resident.size(); ++p) EXPECT_EQ(resident[p], p >= 30) << "page " << p;
+}
+#endif
 
 TEST(ReadHost, TruncatedFileIsIoOnTheUncachedPathToo) {
   const std::string bytes = mixed_file();

@@ -31,6 +31,8 @@ FAST_VARIANTS = {
     "uncached": {"io": "uncached", "chunk_bytes": (64 << 10) + 5000},
     "uncached-staged": {"io": "uncached", "staged": True, "chunk_bytes": (64 << 10) + 12289, "threads": 2},
     "cached": {"io": "cached"},
+    "no-prefault": {"prefault": False},
+    "uncached-no-prefault": {"io": "uncached", "prefault": False, "chunk_bytes": (64 << 10) + 5000},
 }
 
 
@@ -197,6 +199,11 @@ def test_cold_file_loads_through_the_uncached_path(tmp_path):
         if threads is not None:
             assert report["threads"] == threads and report["chunk_bytes"] == chunk, report
 
+    evict()
+    report = {}
+    check(safeload.load_file(path, prefault=False, report=report))
+    assert report["prefault"] is False and report["bypass"], report
+
     # The same file, cached: nothing bypasses the page cache.
     with open(path, "rb") as f:
         while f.read(1 << 20):
@@ -204,6 +211,7 @@ def test_cold_file_loads_through_the_uncached_path(tmp_path):
     report = {}
     check(safeload.load_file(path, report=report))
     assert report["ops_uncached"] == 0 and report["bytes_uncached"] == 0, report
+    assert report["prefault"] is True, report
 
 
 def test_concurrent_calls_from_threads(tmp_path):
