@@ -70,6 +70,15 @@ def test_limit_probes_measure_every_byte(tiny_file):
     assert limits.h2d_unavailable("cpu") is not None
 
 
+def test_new_memory_limit_is_the_fastest_of_its_methods():
+    seconds, tried = limits.fresh_memory(8 << 20, threads=2)
+    names = [name for name, *_ in limits.FRESH_METHODS]
+    # Every method ran (populate only where the kernel has it), single-threaded one included.
+    assert {"memset x1", "memset x2", "memset, huge pages x2"} <= set(tried) <= {
+        "memset x1", "memset x2", "memset, huge pages x2", "populate x2"}, (names, tried)
+    assert seconds == min(tried.values()) > 0
+
+
 def test_every_loader_is_listed_with_a_status():
     for loader in loaders.LOADERS:
         why = loader.unavailable("cpu")
@@ -110,6 +119,9 @@ def test_one_command_writes_table_json_and_chart(smallest_measurable_file, tmp_p
             assert rows[loader.key]["status"].startswith(("not installed", "not available"))
     assert rows["memory"]["status"] == "ok" and rows["memory"]["gbps_median"] > 0
     assert rows["fresh"]["status"] == "ok" and rows["fresh"]["nbytes"] == os.path.getsize(tiny_file)
+    methods = rows["fresh"]["methods_gbps_median"]
+    assert "memset x1" in methods and rows["fresh"]["gbps_median"] == pytest.approx(max(methods.values()))
+    assert "each way, median GB/s: memset x1" in table
     assert block["limit_gbps"] == min(rows["memory"]["gbps_median"], rows["fresh"]["gbps_median"])
     assert doc["machine"]["cores"] >= 1 and doc["checksum"]
     if report.plot_unavailable() is None:
@@ -150,3 +162,140 @@ def test_sizes_parse():
 def test_files_too_small_to_time_are_refused(tiny_file, capsys):
     assert cli.main([tiny_file, "--rounds", "1", "--no-progress"]) == 2
     assert "too small to measure" in capsys.readouterr().err
+
+
+# The sharded-checkpoint benchmark (python -m safeload.bench.models) -------------------------
+
+from safeload.bench import models  # noqa: E402
+
+TINY_MODEL = models.ModelSpec(hidden=64, layers=2, vocab=1000)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory) -> tuple[str, dict]:
+    root = str(tmp_path_factory.mktemp("models"))
+    return root, models.ensure_checkpoints(root, [1, 4], TINY_MODEL)
+
+
+def test_split_gives_exactly_n_contiguous_nonempty_groups():
+    sizes = [7, 1, 3, 3, 2, 9, 1, 1, 4, 8]
+    for n in range(1, len(sizes) + 1):
+        groups = models.split(sizes, n)
+        assert len(groups) == n
+        assert groups[0][0] == 0 and groups[-1][1] == len(sizes)
+        assert all(a < b for a, b in groups) and all(g[1] == h[0] for g, h in zip(groups, groups[1:]))
+    # A large last tensor (lm_head) leaves the others balanced, not one norm weight a shard.
+    sums = [sum(([64] + [4] * 12 + [1, 64])[a:b]) for a, b in models.split([64] + [4] * 12 + [1, 64], 6)]
+    assert sums[0] == 64 and sums[-1] == 64 and max(sums[1:-1]) - min(sums[1:-1]) <= 4
+    with pytest.raises(ValueError, match="cannot split 3 tensors into 4"):
+        models.split([1, 2, 3], 4)
+
+
+def test_sharded_checkpoints_hold_exactly_the_written_model(tiny_checkpoints):
+    import torch
+    from safetensors import safe_open
+
+    root, records = tiny_checkpoints
+    _, state = models.build_model(TINY_MODEL)  # the writer's input, built again from the seed
+    for n in (1, 4):
+        d = os.path.join(root, f"shards-{n}")
+        files = sorted(f for f in os.listdir(d) if f.endswith(".safetensors"))
+        assert len(files) == n
+        if n == 1:
+            assert files == ["model.safetensors"] and not os.path.exists(os.path.join(d, models.INDEX))
+        else:
+            assert files == [f"model-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
+        assert json.loads(open(os.path.join(d, "config.json")).read())["model_type"] == "llama"
+        holder: dict[str, str] = {}
+        loaded = {}
+        for f in files:
+            with safe_open(os.path.join(d, f), "pt") as st:
+                assert st.metadata() == {"format": "pt"}
+                for name in st.keys():
+                    assert name not in holder, f"{name} in {holder.get(name)} and {f}"
+                    holder[name] = f
+                    loaded[name] = st.get_tensor(name)
+        if n > 1:
+            index = json.loads(open(os.path.join(d, models.INDEX)).read())
+            assert index["weight_map"] == holder
+            assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in state.values())
+        assert set(loaded) == set(state)
+        for name, t in state.items():
+            assert loaded[name].dtype == t.dtype and loaded[name].shape == t.shape, name
+            assert torch.equal(loaded[name].view(torch.uint8), t.view(torch.uint8)), name
+        assert loaders.file_checksum([os.path.join(d, f) for f in files]) == loaders.touch(state)
+        assert records[n]["digest"] == records[1]["digest"]
+
+
+def test_sharded_checkpoints_are_reused_and_an_incomplete_one_rewritten(tmp_path):
+    root = str(tmp_path)
+    first = models.ensure_checkpoints(root, [1, 4], TINY_MODEL)
+    shard = os.path.join(root, "shards-4", "model-00002-of-00004.safetensors")
+    stamps = {n: os.stat(os.path.join(root, f"shards-{n}", models.WRITTEN)).st_mtime_ns for n in (1, 4)}
+    again = models.ensure_checkpoints(root, [1, 4], TINY_MODEL)
+    assert again == first
+    assert all(os.stat(os.path.join(root, f"shards-{n}", models.WRITTEN)).st_mtime_ns == stamps[n] for n in (1, 4))
+    # A shard cut short (an interrupted copy) makes the directory incomplete: written again.
+    with open(shard, "r+b") as f:
+        f.truncate(100)
+    assert models.read_checkpoint(root, 4, TINY_MODEL) is None
+    # A half-written directory under its temporary name is never taken for a checkpoint.
+    os.makedirs(os.path.join(root, ".shards-16.partial"))
+    assert models.read_checkpoint(root, 16, TINY_MODEL) is None
+    models.ensure_checkpoints(root, [1, 4], TINY_MODEL)
+    assert os.stat(os.path.join(root, "shards-1", models.WRITTEN)).st_mtime_ns == stamps[1]
+    assert models.read_checkpoint(root, 4, TINY_MODEL)["digest"] == first[4]["digest"]
+    assert os.path.getsize(shard) == first[4]["files"]["model-00002-of-00004.safetensors"]
+    # Another model asked for in the same place is not mistaken for this one.
+    assert models.read_checkpoint(root, 4, models.ModelSpec(hidden=64, layers=2, vocab=1001)) is None
+
+
+def test_wrong_bytes_are_reported_not_timed(tiny_checkpoints):
+    root, records = tiny_checkpoints
+    written = records[4]["tensors"]
+    good = {k: v["sha256"] for k, v in written.items()}
+    ok = models.check_model_run({"key": "transformers", "seconds": 1.0, "tensors": dict(good)}, written)
+    assert not ok.get("wrong_bytes") and "tensors" not in ok
+    name = next(iter(written))
+    changed = dict(good, **{name: "0" * 64})
+    assert models.check_model_run({"key": "transformers", "tensors": changed}, written)["wrong_bytes"]
+    missing = {k: v for k, v in good.items() if k != name}
+    assert models.check_model_run({"key": "transformers", "tensors": missing}, written)["wrong_bytes"]
+    extra = dict(good, **{"lm_head.bias": "1" * 64})
+    assert models.check_model_run({"key": "transformers", "tensors": extra}, written)["wrong_bytes"]
+    unpatched = models.check_model_run({"key": "transformers-patched", "tensors": dict(good), "patch_calls": {}},
+                                       written)
+    assert "served no tensor" in unpatched["error"]
+
+    paths = models.shard_paths(root, records[4])
+    expected = loaders.file_checksum(paths)
+    n = len(written)
+    assert not models.check_state_dict_run({"checksum": f"{expected:016x}", "ntensors": n}, expected, n).get("wrong_bytes")
+    off = (expected + 1) % (1 << 64)
+    assert models.check_state_dict_run({"checksum": f"{off:016x}", "ntensors": n}, expected, n)["wrong_bytes"]
+    assert models.check_state_dict_run({"checksum": f"{expected:016x}", "ntensors": n - 1}, expected, n)["wrong_bytes"]
+    entry = runner.Entry("loader", "x", "x", runs=[{"seconds": 1.0, "wrong_bytes": True}])
+    assert runner.summarize(entry)["status"].startswith("WRONG BYTES")
+
+
+def test_models_command_times_each_shard_count_and_checks_bytes(tiny_checkpoints, tmp_path, capsys):
+    root, records = tiny_checkpoints
+    out = tmp_path / "models.json"
+    argv = ["--dir", root, "--hidden", "64", "--layers", "2", "--vocab", "1000", "--shards", "1,4",
+            "--ways", "safeload-checkpoint,safetensors", "--condition", "warm", "--rounds", "1",
+            "--settle", "0", "--json", str(out), "--no-progress"]
+    assert models.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "WRONG BYTES" not in text and "failed" not in text
+    assert "page cache warm, 1 shard " in text and "page cache warm, 4 shards" in text
+    doc = json.loads(out.read_text())
+    assert [(b["condition"], b["shards"]) for b in doc["results"]] == [("warm", 1), ("warm", 4)]
+    for block in doc["results"]:
+        rows = {r["key"]: r for r in block["rows"]}
+        assert set(rows) == {"safeload-checkpoint", "safetensors"}
+        for row in rows.values():
+            assert row["status"] == "ok", row
+            assert row["seconds_median"] > 0 and row["nbytes"] == records[1]["total_size"]
+        assert rows["safeload-checkpoint"]["time_over_load_checkpoint"] == 1.0
+        for runs in block["runs"].values():
+            assert [r["checksum"] for r in runs] == [doc["checkpoints"][str(block["shards"])]["checksum"]]

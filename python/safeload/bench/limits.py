@@ -9,12 +9,11 @@ storage  a parallel ``O_DIRECT`` read of the same files: every byte, page-aligne
 memory   a parallel memcpy of the same number of bytes between two buffers that are already
          faulted in: the rate at which RAM can be read and written at once, which is what a
          warm load (page cache to destination tensor) cannot beat.
-fresh    the first write of the same number of bytes of new memory (an anonymous mapping with
-         huge pages advised, one slice per core): what the system charges for the pages any
-         loader returning tensors that own their memory must obtain. On bare metal this is
-         close to the memcpy rate; on a virtual machine whose host reclaims idle guest memory
-         (free page reporting) every new page can cost a trip to the host, and then it is the
-         lowest limit of all.
+fresh    obtaining and writing the same number of bytes of new memory, the fastest of several
+         ways (``FRESH_METHODS``): what the system charges for the pages any loader returning
+         tensors that own their memory must obtain. On bare metal this is close to the memcpy
+         rate; on a virtual machine whose host reclaims idle guest memory (free page reporting)
+         every new page can cost a trip to the host, and then it is the lowest limit of all.
 h2d      for a GPU target, a pinned host-to-device copy of the same number of bytes.
 
 Each probe returns the seconds its timed region took; the caller divides by the bytes.
@@ -152,31 +151,67 @@ def memcpy(nbytes: int, threads: int | None = None) -> float:
     return seconds
 
 
-def fresh_memory(nbytes: int, threads: int | None = None) -> float:
-    """Write every byte of ``nbytes`` of new memory once, ``threads`` slices at a time; return
-    seconds. The memory is mapped like a loader's large destinations (anonymous, huge pages
-    advised) and unmapped afterwards."""
+#: (name, threads (None: one per core), huge pages, populate) of each new-memory probe.
+FRESH_METHODS = (
+    ("memset x1", 1, False, False),
+    ("memset", None, False, False),
+    ("memset, huge pages", None, True, False),
+    ("populate", None, False, True),
+)
+_MADV_POPULATE_WRITE = 23  # Linux 5.14
+
+
+def fresh_memory(nbytes: int, threads: int | None = None, settle: float = 0.0) -> tuple[float, dict]:
+    """Obtain and write ``nbytes`` of new memory once per method of ``FRESH_METHODS``; return
+    (the fastest method's seconds, {"method xT": seconds}).
+
+    Each method maps anonymous memory, writes every page in ``threads`` slices at once (one per
+    core; "x1": one slice, to show whether new memory scales with threads here) and unmaps it:
+    ``memset`` with small pages, ``memset`` with huge pages advised, or ``MADV_POPULATE_WRITE``
+    (the kernel populates the pages in bulk, without a fault per page; skipped where the kernel
+    lacks it). Memory just freed is handed out again cheaply on some virtual machines, so the
+    methods are ``settle`` seconds apart, as runs are. The fastest counts: a limit errs high.
+    """
     import ctypes
 
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     threads = threads or default_copy_threads()
-    buf = mmap.mmap(-1, nbytes)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        buf.madvise(mmap.MADV_HUGEPAGE)
-    view = ctypes.c_char.from_buffer(buf)
-    try:
-        addr = ctypes.addressof(view)
-        step = -(-nbytes // threads)
-        slices = [(i, min(step, nbytes - i)) for i in range(0, nbytes, step)]
-        with ThreadPoolExecutor(threads) as pool:  # ctypes calls run without the GIL
-            t0 = time.perf_counter()
-            list(pool.map(lambda s: ctypes.memset(addr + s[0], 1, s[1]), slices))
-            seconds = time.perf_counter() - t0
-        if buf[nbytes - 1] != 1:
-            raise AssertionError("fresh-memory probe did not write")
-        return seconds
-    finally:
-        del view
-        buf.close()
+    tried: dict = {}
+    for i, (name, n_threads, huge, populate) in enumerate(FRESH_METHODS):
+        if i and settle:
+            time.sleep(settle)
+        t = n_threads or threads
+        buf = mmap.mmap(-1, nbytes)
+        view = ctypes.c_char.from_buffer(buf)
+        try:
+            if hasattr(mmap, "MADV_HUGEPAGE") and huge:
+                buf.madvise(mmap.MADV_HUGEPAGE)
+            elif hasattr(mmap, "MADV_NOHUGEPAGE"):
+                buf.madvise(mmap.MADV_NOHUGEPAGE)
+            addr = ctypes.addressof(view)
+            step = -(-nbytes // t)
+            step = -(-step // _PAGE) * _PAGE  # page-aligned slices, as madvise needs
+            slices = [(j, min(step, nbytes - j)) for j in range(0, nbytes, step)]
+            if populate:
+                if libc.madvise(addr, _PAGE, _MADV_POPULATE_WRITE) != 0:
+                    continue  # this kernel cannot populate
+                write = lambda sl: libc.madvise(addr + sl[0], sl[1], _MADV_POPULATE_WRITE)  # noqa: E731
+            else:
+                write = lambda sl: ctypes.memset(addr + sl[0], 1, sl[1])  # noqa: E731
+            with ThreadPoolExecutor(t) as pool:  # ctypes calls run without the GIL
+                t0 = time.perf_counter()
+                results = list(pool.map(write, slices))
+                seconds = time.perf_counter() - t0
+            if populate and any(results):
+                raise OSError(ctypes.get_errno(), "MADV_POPULATE_WRITE failed")
+            if not populate and buf[nbytes - 1] != 1:
+                raise AssertionError("fresh-memory probe did not write")
+            tried[f"{name} x{t}" if n_threads is None else name] = seconds
+        finally:
+            del view
+            buf.close()
+    return min(tried.values()), tried
 
 
 def h2d_unavailable(device: str) -> str | None:

@@ -85,6 +85,14 @@ def _safeload_fast(paths: list[str], device: str, threads: int | None) -> Tensor
     return _merge(paths, lambda p: safeload.load_file(p, device=device, threads=threads))
 
 
+def _safeload_fast_no_prefault(paths: list[str], device: str, threads: int | None) -> Tensors:
+    import safeload
+
+    # Every destination page faults in where a read first writes it: what the default's
+    # prefaulting saves (or costs) on this machine.
+    return _merge(paths, lambda p: safeload.load_file(p, device=device, threads=threads, prefault=False))
+
+
 def _safeload_checkpoint(paths: list[str], device: str, threads: int | None) -> Tensors:
     import safeload
 
@@ -178,6 +186,8 @@ def _it_load(paths: list[str], device: str, threads: int | None) -> Tensors:
 LOADERS: tuple[Loader, ...] = (
     Loader("safeload-fast", "safeload fast", "safeload", "part of this project",
            _safeload_unavailable("load_file"), _safeload_fast),
+    Loader("safeload-fast-no-prefault", "safeload fast, prefault=False", "safeload", "part of this project",
+           _safeload_unavailable("load_file"), _safeload_fast_no_prefault),
     Loader("safeload-checkpoint", "safeload load_checkpoint", "safeload", "part of this project",
            _safeload_unavailable("load_checkpoint"), _safeload_checkpoint),
     Loader("safeload-reference", "safeload reference", "safeload", "part of this project",

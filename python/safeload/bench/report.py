@@ -65,6 +65,10 @@ def table(doc: dict) -> str:
             )
             if row["status"] != "ok":
                 out.append(f"{'':38} {row['status']}")
+            for field in ("configs_gbps_median", "methods_gbps_median"):
+                if len(row.get(field, {})) > 1:
+                    ways = ", ".join(f"{w} {g:.2f}" for w, g in row[field].items())
+                    out.append(f"{'':40}each way, median GB/s: {ways}")
     return "\n".join(out)
 
 

@@ -131,6 +131,13 @@ def summarize(entry: Entry) -> dict:
     if resident:
         out["resident_before_min"] = min(resident)
         out["resident_before_max"] = max(resident)
+    # Limits that try several ways (storage configurations, new-memory methods): each way's
+    # median, so the way that set the limit, and how the others compare, are on record.
+    for field in ("configs", "methods"):
+        ways = list(dict.fromkeys(w for r in ok for w in r.get(field, {})))
+        if ways:
+            out[field + "_gbps_median"] = {
+                w: nbytes / _median([r[field][w] for r in ok if w in r.get(field, {})]) / 1e9 for w in ways}
     if any("device_peak_bytes" in r for r in ok):
         out["device_peak_bytes"] = int(_median([r.get("device_peak_bytes", 0) for r in ok]))
     return out
