@@ -1,131 +1,596 @@
-"""Time to a usable model: a sharded transformers checkpoint loaded four ways.
+"""Time to a usable model: the same checkpoint as 1, 4 and 16 shards, loaded every way.
 
-    python -m safeload.bench.models [--rounds 5] [--dir DIR] [--json OUT]
+    python -m safeload.bench.models [--shards 1,4,16] [--rounds 5] [--condition warm|cold]
+                                    [--ways KEY,...] [--dir DIR] [--json OUT] [--list]
 
-Writes (once) a Llama-style model in bf16 as several shards with an index,
-then, in a fresh process per run and interleaved rounds, times:
+The checkpoint. One Llama-style model in bf16 (hidden 1024, 8 layers, vocab 32,000 unless
+--hidden, --layers, --vocab say otherwise), generated once from a fixed seed, is written as
+exactly N shards for each N in --shards, each in DIR/shards-N/ with a config.json:
+model.safetensors for one shard; model-0000k-of-0000N.safetensors and
+model.safetensors.index.json (transformers' names and index: metadata.total_size, weight_map)
+for more. The tensors, in state-dict order, are split into N contiguous groups of nearly equal
+bytes, so every shard count holds the same bytes. The writer records a SHA-256 digest of every
+tensor it wrote in DIR/shards-N/written.json, written last; a directory appears under its final
+name only once complete (it is written under another name, then renamed), and a rerun reuses
+every directory whose record matches the model asked for and whose files are all there.
 
-- ``safeload.load_checkpoint(dir)``: every shard in one load;
-- upstream's per-shard loop, ``safetensors.torch.load_file`` on each shard
-  (its default mmap backend);
-- ``AutoModelForCausalLM.from_pretrained(dir)``, as shipped;
-- the same under ``safeload.patch()``.
+The ways (--list shows each with whether it can run here, and why not):
+- every state-dict loader of ``safeload bench`` that can run on cpu, given the list of shard
+  files (each loads shard by shard, or takes the list in one call as load_checkpoint does);
+- ``transformers``: ``AutoModelForCausalLM.from_pretrained(DIR/shards-N, dtype=bfloat16)``;
+- ``transformers-patched``: the same under ``safeload.patch()``.
 
-State-dict loads are timed until every byte has been read once (mapped
-tensors pay for their pages); ``from_pretrained`` until the model is built
-and its weights are in. Page cache warm (the files read just before) and
-cold (evicted with ``posix_fadvise``, checked with ``mincore``).
+Timed, in a fresh process per run, after imports and a settle wait: a state-dict way from the
+loader call until every byte of every tensor has been read once (mapped tensors pay for their
+pages); a from_pretrained way until the model is built with its weights in and every byte of
+its state dict has been read once.
+
+Checked, after the clock: a state-dict way's checksum of every byte against the same checksum
+computed from the shard files themselves, and its tensor count against the writer's; a
+from_pretrained model's tensors, name by name, against the writer's digests (a tensor tied to
+another is compared once). A mismatch is reported as WRONG BYTES instead of a time.
+
+Order: for each page-cache condition, each round runs every (shard count, way) once, in the
+same order. Warm: the shard files are read through the page cache before a run whenever
+mincore says they are not all resident. Cold: the run's process evicts them (posix_fadvise
+DONTNEED) before its settle wait. Each run records the resident fraction it found.
+
+Output: one table per condition and shard count: median seconds (min-max), GB/s of tensor bytes
+(the same bytes at every shard count), and each way's median time over
+safeload.load_checkpoint's; --json writes every run.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import importlib.util
 import json
 import os
-import statistics
+import shutil
 import subprocess
 import sys
 import time
 
-WAYS = {
-    "safeload-checkpoint": "safeload.load_checkpoint(dir)",
-    "safetensors-loop": "safetensors load_file per shard (mmap)",
-    "transformers": "transformers from_pretrained",
+MODEL_WAYS = {
+    "transformers": "transformers from_pretrained(dir)",
     "transformers-patched": "from_pretrained under safeload.patch()",
 }
+BASELINE = "safeload-checkpoint"
+WRITTEN = "written.json"
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
 
 
-def write_model(directory: str, hidden: int = 1024, layers: int = 8, vocab: int = 32000) -> str:
-    """A Llama-style model in bf16, sharded (about 100 MB a shard), once."""
-    if os.path.exists(os.path.join(directory, "model.safetensors.index.json")):
-        return directory
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    hidden: int = 1024
+    layers: int = 8
+    vocab: int = 32000
+    seed: int = 0
+
+    def describe(self) -> str:
+        return f"Llama-style, bf16, hidden {self.hidden}, {self.layers} layers, vocab {self.vocab:,}"
+
+
+# The checkpoint ------------------------------------------------------------------------------
+
+
+def build_model(spec: ModelSpec):
+    """(config, state dict) of the seeded model: the same bytes every time it is built."""
     import torch
     import transformers
 
-    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
-                                      num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                                      num_key_value_heads=hidden // 128, tie_word_embeddings=False)
-    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.hidden * 11 // 4,
+        num_hidden_layers=spec.layers, num_attention_heads=max(1, spec.hidden // 64),
+        num_key_value_heads=max(1, spec.hidden // 128), tie_word_embeddings=False, dtype="bfloat16")
+    torch.manual_seed(spec.seed)
     model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(directory, max_shard_size="100MB")
-    return directory
+    state: dict = {}
+    storages: dict = {}
+    for name, t in model.state_dict().items():
+        # A tensor sharing another's storage (tied weights) is written once, as transformers does.
+        if (t.data_ptr(), t.dtype, tuple(t.shape)) in storages:
+            continue
+        storages[(t.data_ptr(), t.dtype, tuple(t.shape))] = name
+        state[name] = t.detach().contiguous()
+    return config, state
 
 
-def _run(way: str, directory: str) -> float:
-    """In this (fresh) process: load one way, return seconds."""
+def digest(t) -> str:
+    """SHA-256 of a tensor's bytes, in memory order."""
     import torch
 
+    raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def split(sizes: list[int], n: int) -> list[tuple[int, int]]:
+    """Cut ``sizes`` (in order) into exactly ``n`` non-empty contiguous groups of nearly equal sum.
+
+    "Nearly equal" is the least sum of squared group sums (so the least spread around the mean),
+    found exactly by dynamic programming over the cut positions, O(n * len(sizes)**2). A greedy
+    cut at each equal share fails where a large tensor sits at the end (a Llama model's lm_head):
+    the groups before it come out too large and the last few hold a norm weight each.
+    Returns (start, stop) ranges.
+    """
+    m = len(sizes)
+    if not 1 <= n <= m:
+        raise ValueError(f"cannot split {m} tensors into {n} non-empty shards")
+    prefix = [0]
+    for s in sizes:
+        prefix.append(prefix[-1] + s)
+    # cost[k][i]: the least cost of the first i tensors in k groups; back[k][i]: its last cut.
+    inf = float("inf")
+    cost = [[inf] * (m + 1) for _ in range(n + 1)]
+    back = [[0] * (m + 1) for _ in range(n + 1)]
+    cost[0][0] = 0
+    for k in range(1, n + 1):
+        for i in range(k, m - (n - k) + 1):  # leave at least one tensor for each later group
+            for j in range(k - 1, i):
+                c = cost[k - 1][j] + (prefix[i] - prefix[j]) ** 2
+                if c < cost[k][i]:
+                    cost[k][i], back[k][i] = c, j
+    cuts = [m]
+    for k in range(n, 0, -1):
+        cuts.append(back[k][cuts[-1]])
+    cuts.reverse()
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def _model_digest(tensors: dict) -> str:
+    return hashlib.sha256(json.dumps(tensors, sort_keys=True).encode()).hexdigest()
+
+
+def shard_names(n: int) -> list[str]:
+    return [SINGLE] if n == 1 else [f"model-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
+
+
+def shard_dir(root: str, n: int) -> str:
+    return os.path.join(root, f"shards-{n}")
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: str, doc: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    _fsync(path)
+
+
+def write_checkpoint(root: str, n: int, spec: ModelSpec, config, state: dict, tensors: dict,
+                     model_digest: str) -> dict:
+    """Write ``state`` as exactly ``n`` shards into DIR/shards-N; return the writer's record.
+
+    Everything is written into a sibling directory first and renamed into place last, after the
+    record: a directory under the final name is always complete.
+    """
+    from safetensors.torch import save_file
+
+    final = shard_dir(root, n)
+    partial = os.path.join(root, f".shards-{n}.partial")
+    if os.path.exists(partial):
+        shutil.rmtree(partial)
+    os.makedirs(partial)
+    config.save_pretrained(partial)
+    names = list(state)
+    groups = split([tensors[k]["nbytes"] for k in names], n)
+    files = shard_names(n)
+    weight_map = {}
+    for fname, (a, b) in zip(files, groups):
+        path = os.path.join(partial, fname)
+        save_file({k: state[k] for k in names[a:b]}, path, metadata={"format": "pt"})
+        _fsync(path)
+        weight_map.update({k: fname for k in names[a:b]})
+    total_size = sum(t["nbytes"] for t in tensors.values())
+    if n > 1:
+        _write_json(os.path.join(partial, INDEX), {
+            "metadata": {"total_parameters": sum(t.numel() for t in state.values()), "total_size": total_size},
+            "weight_map": weight_map,
+        })
+    record = {
+        "spec": dataclasses.asdict(spec),
+        "shards": n,
+        "files": {f: os.path.getsize(os.path.join(partial, f)) for f in files},
+        "weight_map": weight_map,
+        "total_size": total_size,
+        "digest": model_digest,
+        "tensors": tensors,
+    }
+    _write_json(os.path.join(partial, WRITTEN), record)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.rename(partial, final)
+    return record
+
+
+def read_checkpoint(root: str, n: int, spec: ModelSpec) -> dict | None:
+    """The writer's record of DIR/shards-N if that directory is complete and holds ``spec``."""
+    d = shard_dir(root, n)
+    try:
+        with open(os.path.join(d, WRITTEN), encoding="utf-8") as f:
+            record = json.load(f)
+        if record.get("spec") != dataclasses.asdict(spec) or record.get("shards") != n:
+            return None
+        if list(record["files"]) != shard_names(n) or not os.path.isfile(os.path.join(d, "config.json")):
+            return None
+        if record["digest"] != _model_digest(record["tensors"]):
+            return None
+        for fname, size in record["files"].items():
+            if os.path.getsize(os.path.join(d, fname)) != size:
+                return None
+        if n > 1:
+            with open(os.path.join(d, INDEX), encoding="utf-8") as f:
+                index = json.load(f)
+            if (index.get("weight_map") != record["weight_map"]
+                    or index.get("metadata", {}).get("total_size") != record["total_size"]):
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return record
+
+
+def ensure_checkpoints(root: str, counts: list[int], spec: ModelSpec) -> dict[int, dict]:
+    """The model written as each shard count in ``counts``, reusing complete directories.
+
+    Every directory returned holds the same bytes: one written from another build of the model
+    (its digest differs) is written again.
+    """
+    records = {n: read_checkpoint(root, n, spec) for n in counts}
+    if all(records.values()) and len({r["digest"] for r in records.values()}) == 1:
+        return records
+    config, state = build_model(spec)
+    if max(counts) > len(state):
+        raise SystemExit(f"safeload.bench.models: cannot write {max(counts)} shards: the model "
+                         f"({spec.describe()}) has {len(state)} tensors and each shard holds at "
+                         "least one; use more --layers")
+    tensors = {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+                   "nbytes": t.numel() * t.element_size(), "sha256": digest(t)} for k, t in state.items()}
+    model_digest = _model_digest(tensors)
+    os.makedirs(root, exist_ok=True)
+    for n in counts:
+        if records[n] is None or records[n]["digest"] != model_digest:
+            records[n] = write_checkpoint(root, n, spec, config, state, tensors, model_digest)
+    return records
+
+
+def shard_paths(root: str, record: dict) -> list[str]:
+    d = os.path.abspath(shard_dir(root, record["shards"]))
+    return [os.path.join(d, f) for f in record["files"]]
+
+
+# The ways ------------------------------------------------------------------------------------
+
+
+def ways() -> list[tuple[str, str, str | None]]:
+    """Every way: (key, label, None if it can run on cpu here, else why not)."""
+    from safeload.bench.loaders import LOADERS
+
+    out = [(loader.key, loader.label, loader.unavailable("cpu")) for loader in LOADERS]
+    if importlib.util.find_spec("transformers") is None:
+        missing = "not installed (pip install transformers)"
+        out += [(k, label, missing) for k, label in MODEL_WAYS.items()]
+    else:
+        out += [(k, label, None) for k, label in MODEL_WAYS.items()]
+    return out
+
+
+def check_state_dict_run(result: dict, expected_checksum: int, ntensors: int) -> dict:
+    """Mark a state-dict run whose bytes or tensor count differ from the files' as wrong."""
+    if "checksum" in result:
+        got = int(result["checksum"], 16)
+        if got != expected_checksum:
+            result["wrong_bytes"] = True
+            result["mismatch"] = [f"checksum {got:016x}, the shard files' is {expected_checksum:016x}"]
+        elif result.get("ntensors") != ntensors:
+            result["wrong_bytes"] = True
+            result["mismatch"] = [f"{result.get('ntensors')} tensors, the checkpoint holds {ntensors}"]
+    return result
+
+
+def check_model_run(result: dict, written: dict) -> dict:
+    """Compare a from_pretrained run's tensors, name by name, with the writer's digests."""
+    got = result.pop("tensors", None)
+    if got is None:
+        return result
+    mismatch = []
+    for name, info in written.items():
+        if name not in got:
+            mismatch.append(f"{name}: not in the loaded model's state dict")
+        elif got[name] != info["sha256"]:
+            mismatch.append(f"{name}: sha256 {got[name][:16]}..., written {info['sha256'][:16]}...")
+    mismatch += [f"{name}: in the loaded model but not in the checkpoint" for name in got if name not in written]
+    if mismatch:
+        result["wrong_bytes"] = True
+        result["mismatch"] = mismatch[:5] + ([f"... {len(mismatch) - 5} more"] if len(mismatch) > 5 else [])
+    elif result.get("key") == "transformers-patched" and not result.get("patch_calls", {}).get("tensors"):
+        result["error"] = f"safeload.patch() served no tensor (calls: {result.get('patch_calls')})"
+    return result
+
+
+def _run_model(spec: dict) -> dict:
+    """In this (fresh) process: from_pretrained one way, timed as the docstring says."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.models.llama import modeling_llama  # noqa: F401  the model's code, imported before the clock
+
+    from safeload.bench import cache, worker
     from safeload.bench.loaders import touch
 
-    shards = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".safetensors"))
-    time.sleep(1.0)  # let the host settle after start-up, as the main benchmark does
-    t0 = time.perf_counter()
-    if way == "safeload-checkpoint":
+    directory, key = spec["dir"], spec["key"]
+    patched = key == "transformers-patched"
+    if patched:
         import safeload
+    if spec.get("condition") == "cold":
+        for name in os.listdir(directory):
+            cache.evict(os.path.join(directory, name))
+    if spec.get("settle"):
+        time.sleep(spec["settle"])
+    resident = [cache.resident_fraction(p) for p in spec["paths"]]
+    result: dict = {"key": key, "resident_before": None if None in resident else min(resident)}
+    rss_before = worker._current_rss_bytes()
+    result["peak_reset"] = worker._reset_peak_rss()
 
-        touch(safeload.load_checkpoint(directory, progress=False))
-    elif way == "safetensors-loop":
-        from safetensors.torch import load_file
-
-        out = {}
-        for s in shards:
-            out.update(load_file(s))
-        touch(out)
+    t0 = time.perf_counter()
+    if patched:
+        with safeload.patch() as p:
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+        result["patch_calls"] = p.calls
     else:
-        import transformers
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+    t1 = time.perf_counter()
+    state = model.state_dict()
+    checksum = touch(dict(state))
+    t2 = time.perf_counter()
+    result["rss_peak_bytes"] = worker._peak_rss_bytes()
+    result["rss_before_bytes"] = rss_before
 
-        if way == "transformers-patched":
-            import safeload
+    tensors, tied, seen = {}, {}, {}
+    for name, t in state.items():
+        where = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if where in seen:
+            tied[name] = seen[where]
+            continue
+        seen[where] = name
+        tensors[name] = digest(t)
+    result.update(
+        seconds=t2 - t0, seconds_load=t1 - t0, seconds_touch=t2 - t1,
+        nbytes=sum(t.numel() * t.element_size() for n, t in state.items() if n not in tied),
+        ntensors=len(tensors), checksum=f"{checksum:016x}", tied=tied, tensors=tensors,
+    )
+    return result
 
-            with safeload.patch():
-                model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
-        else:
-            model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
-        touch(dict(model.state_dict()))
-    return time.perf_counter() - t0
+
+def _run_child(spec: dict, timeout: float | None) -> dict:
+    from safeload.bench import runner
+
+    cmd = [sys.executable, "-m", "safeload.bench.models", "--_run", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=runner._worker_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"run exited with status {proc.returncode}: {' | '.join(tail)}"}
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return {"error": f"run printed no result: {lines[-1][:200]}"}
+
+
+# The schedule and the report -----------------------------------------------------------------
+
+
+def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: list[str], rounds: int,
+        settle: float, timeout: float | None, on_run=None) -> dict:
+    """Every (condition, round, shard count, way) in turn; the JSON-ready results document."""
+    from safeload.bench import cache, runner
+    from safeload.bench.loaders import file_checksum
+
+    status = {k: (label, why) for k, label, why in ways()}
+    counts = list(records)
+    paths = {n: shard_paths(root, records[n]) for n in counts}
+    expected = {n: file_checksum(paths[n]) for n in counts}
+    entries = {(c, n): [runner.Entry("loader", k, status[k][0], status[k][1]) for k in keys]
+               for c in conditions for n in counts}
+
+    cpu_before = runner._cpu_seconds()
+    started = time.time()
+    total = rounds * sum(1 for es in entries.values() for e in es if not e.unavailable)
+    done = 0
+    for condition in conditions:
+        for r in range(rounds):
+            for n in counts:
+                for e in entries[(condition, n)]:
+                    if e.unavailable:
+                        continue
+                    if on_run:
+                        on_run(done, total, f"{condition} {r + 1}/{rounds} {n} shards {e.label}")
+                    if condition == "warm":
+                        for p in paths[n]:
+                            if (cache.resident_fraction(p) or 0.0) < 1.0:
+                                cache.warm(p)
+                    if e.key in MODEL_WAYS:
+                        spec = {"key": e.key, "dir": os.path.dirname(paths[n][0]), "paths": paths[n],
+                                "condition": condition, "settle": settle}
+                        result = check_model_run(_run_child(spec, timeout), records[n]["tensors"])
+                    else:
+                        spec = {"kind": "loader", "key": e.key, "paths": paths[n], "device": "cpu",
+                                "condition": condition, "threads": None, "settle": settle,
+                                "nbytes": records[n]["total_size"]}
+                        result = check_state_dict_run(runner.run_worker(spec, timeout), expected[n],
+                                                      len(records[n]["tensors"]))
+                    result.pop("traceback", None)
+                    e.runs.append(result)
+                    done += 1
+    if on_run:
+        on_run(done, total, "done")
+
+    results = []
+    for (condition, n), es in entries.items():
+        rows = [runner.summarize(e) for e in es]
+        for e, row in zip(es, rows):
+            wrong = next((x["mismatch"] for x in e.runs if x.get("wrong_bytes")), None)
+            if wrong:
+                row["mismatch"] = wrong
+        base = next((x for x in rows if x["key"] == BASELINE and "seconds_median" in x), None)
+        for x in rows:
+            if base and "seconds_median" in x:
+                x["time_over_load_checkpoint"] = x["seconds_median"] / base["seconds_median"]
+        results.append({"condition": condition, "shards": n, "rows": rows,
+                        "runs": {e.key: e.runs for e in es if e.runs}})
+    first = records[counts[0]]
+    return {
+        "schema": "safeload-bench-models/1",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": time.time() - started,
+        "other_load_cores": runner._other_load(cpu_before, runner._cpu_seconds(), time.time() - started),
+        "machine": runner.machine(),
+        "packages": {**runner.package_versions(), "transformers": _version("transformers")},
+        "model": {**first["spec"], "tensors": len(first["tensors"]), "tensor_bytes": first["total_size"],
+                  "digest": first["digest"]},
+        "checkpoints": {str(n): {"dir": os.path.dirname(paths[n][0]),
+                                 "files": [{"path": os.path.basename(p), "bytes": os.path.getsize(p)}
+                                           for p in paths[n]],
+                                 "checksum": f"{expected[n]:016x}"} for n in counts},
+        "rounds": rounds,
+        "settle": settle,
+        "method": {
+            "timed": "state-dict ways: from the loader call until every byte of every tensor has "
+                     "been read once; from_pretrained ways: until the model is built with its "
+                     "weights in and every byte of its state dict has been read once; a fresh "
+                     "process per run, imports and the settle wait before the clock",
+            "checked": "state-dict ways: checksum of every byte against the shard files' and tensor "
+                       "count; from_pretrained: every tensor's SHA-256 against the writer's",
+            "gbps": "tensor bytes (the same at every shard count) / median seconds, 1e9 bytes",
+            "cold": "posix_fadvise(POSIX_FADV_DONTNEED) on the checkpoint's files in each run's process",
+            "warm": "shard files read through the page cache first; mincore checks residency",
+            "order": "for each condition and round: every (shard count, way) once, same order",
+        },
+        "results": results,
+    }
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def table(doc: dict) -> str:
+    m = doc["model"]
+    lines = [f"{m['tensors']} tensors, {m['tensor_bytes'] / 2**20:.1f} MiB "
+             f"(Llama-style, bf16, hidden {m['hidden']}, {m['layers']} layers, vocab {m['vocab']:,}); "
+             f"{doc['rounds']} interleaved rounds, a fresh process per run; median s (min-max)"]
+    other = doc.get("other_load_cores")
+    if other is not None and other > 0.25:
+        lines.append(f"WARNING: other work kept {other:.2f} cores busy on average during the runs")
+    for block in doc["results"]:
+        n = block["shards"]
+        files = doc["checkpoints"][str(n)]["files"]
+        lines.append(f"\npage cache {block['condition']}, {n} shard{'s' if n > 1 else ''} "
+                     f"({sum(f['bytes'] for f in files) / 2**20:.1f} MiB in files)")
+        lines.append(f"  {'way':<42} {'median s (min-max)':>23} {'GB/s':>6}  time / load_checkpoint's")
+        for row in block["rows"]:
+            if "seconds_median" in row:
+                ratio = row.get("time_over_load_checkpoint")
+                spread = f"{row['seconds_median']:.3f} ({row['seconds_min']:.3f}-{row['seconds_max']:.3f})"
+                lines.append(f"  {row['label']:<42} {spread:>23} {row['gbps_median']:6.2f}  "
+                             f"{'' if ratio is None else f'{ratio:5.2f}x'}")
+            else:
+                lines.append(f"  {row['label']:<42} {row['status']}")
+                for why in row.get("mismatch", []):
+                    lines.append(f"  {'':<42}   {why}")
+    return "\n".join(lines)
+
+
+def _shard_counts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of shard counts: {text!r}; example: 1,4,16")
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"shard counts must be 1 or more: {text!r}")
+    return counts
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m safeload.bench.models", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", type=_shard_counts, default=[1, 4, 16],
+                   help="comma-separated shard counts, each the same model (default 1,4,16)")
+    p.add_argument("--rounds", type=int, default=5, help="runs of each (shard count, way), interleaved (default 5)")
+    p.add_argument("--condition", choices=["warm", "cold"], action="append",
+                   help="page-cache condition, repeatable (default: warm and cold)")
+    p.add_argument("--ways", help="comma-separated way keys to run (default: all; see --list)")
+    p.add_argument("--list", action="store_true", help="list the ways and whether each can run, then exit")
+    p.add_argument("--dir", default=os.path.join("bench", "out", "llama-shards"),
+                   help="where the checkpoints are written once and reused (default bench/out/llama-shards)")
+    p.add_argument("--hidden", type=int, default=ModelSpec.hidden, help="model width (default 1024)")
+    p.add_argument("--layers", type=int, default=ModelSpec.layers, help="decoder layers (default 8)")
+    p.add_argument("--vocab", type=int, default=ModelSpec.vocab, help="vocabulary size (default 32000)")
+    p.add_argument("--settle", type=float, default=3.0,
+                   help="seconds each run waits before its clock starts, as in safeload bench (default 3)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds before one run is abandoned")
+    p.add_argument("--json", metavar="OUT", help="write every run as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--_run", help=argparse.SUPPRESS)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m safeload.bench.models", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--dir", default=os.path.join("bench", "out", "llama-sharded"))
-    p.add_argument("--condition", choices=["warm", "cold"], action="append")
-    p.add_argument("--json")
-    p.add_argument("--_run", nargs=2, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args._run:
-        print(json.dumps({"seconds": _run(*args._run)}))
+        import traceback
+
+        try:
+            result = _run_model(json.loads(args._run))
+        except Exception as e:
+            result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        sys.stdout.flush()
+        os.write(1, ("\n" + json.dumps(result) + "\n").encode())  # after anything transformers printed
         return 0
 
-    from safeload.bench import cache
+    from safeload.bench.cli import Progress
 
-    directory = write_model(args.dir)
-    shards = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".safetensors"))
-    total = sum(os.path.getsize(s) for s in shards)
-    results: dict[str, dict[str, list[float]]] = {}
-    for condition in args.condition or ["warm", "cold"]:
-        times: dict[str, list[float]] = {w: [] for w in WAYS}
-        for _ in range(args.rounds):
-            for way in WAYS:
-                for s in shards:
-                    cache.evict(s) if condition == "cold" else cache.warm(s)
-                out = subprocess.run([sys.executable, "-m", "safeload.bench.models", "--_run", way, directory],
-                                     capture_output=True, text=True, check=True)
-                times[way].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
-        results[condition] = times
-    print(f"{len(shards)} shards, {total / 2**20:.0f} MiB in all (bf16 Llama-style model); "
-          f"{args.rounds} interleaved rounds, a fresh process per run; median s (min-max)")
-    for condition, times in results.items():
-        print(f"\npage cache {condition}")
-        base = statistics.median(times["safeload-checkpoint"])
-        for way, label in WAYS.items():
-            ts = times[way]
-            med = statistics.median(ts)
-            print(f"  {label:<42} {med:7.3f} s ({min(ts):.3f}-{max(ts):.3f})  {total / med / 1e9:5.2f} GB/s  "
-                  f"{med / base:5.2f}x safeload's time")
+    available = ways()
+    if args.list:
+        for key, label, why in available:
+            print(f"{key:22} {label:42} {'ok' if why is None else why}")
+        return 0
+    keys = [k for k, _, _ in available]
+    if args.ways:
+        wanted = [k.strip() for k in args.ways.split(",") if k.strip()]
+        unknown = [k for k in wanted if k not in keys]
+        if unknown:
+            print(f"safeload.bench.models: unknown way(s) {', '.join(unknown)}; known: {', '.join(keys)}",
+                  file=sys.stderr)
+            return 2
+        keys = [k for k in keys if k in wanted]
+    if args.rounds < 1:
+        print("safeload.bench.models: --rounds must be at least 1", file=sys.stderr)
+        return 2
+
+    spec = ModelSpec(hidden=args.hidden, layers=args.layers, vocab=args.vocab)
+    records = ensure_checkpoints(args.dir, args.shards, spec)
+    progress = Progress(enabled=not args.no_progress and sys.stderr.isatty())
+    doc = run(args.dir, records, keys=keys, conditions=args.condition or ["warm", "cold"],
+              rounds=args.rounds, settle=args.settle, timeout=args.timeout, on_run=progress)
+    print(table(doc))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"shards": len(shards), "bytes": total, "rounds": args.rounds, "seconds": results}, f, indent=1)
+            json.dump(doc, f, indent=1)
     return 0
 
 
