@@ -105,11 +105,17 @@ develop: venv
 
 # The README's benchmark: every installed peer against the storage and memory
 # limits, cold and warm. The peers are installed beside the pinned torch.
+# safetensors 0.9 cannot share the environment with the pinned 0.8, so it gets
+# one of its own (same Python and torch), which the benchmark is told about.
 BENCH_PEERS := fastsafetensors runai-model-streamer instanttensor
+BENCH_ST09 := $(abspath $(BUILD))/bench-st09
 bench: build
-	$(PY) -m pip install -q --disable-pip-version-check $(BENCH_PEERS) torch==$(TORCH_VERSION) \
+	$(PY) -m pip install -q --disable-pip-version-check $(BENCH_PEERS) matplotlib torch==$(TORCH_VERSION) \
 	  || echo "some peer loaders could not be installed; they will be listed as not installed"
-	$(PY) -m safeload bench --size 4GiB --cache-dir bench/out \
+	test -x $(BENCH_ST09)/bin/python || $(PYTHON) -m venv $(BENCH_ST09)
+	$(BENCH_ST09)/bin/python -m pip install -q --disable-pip-version-check "safetensors>=0.9.0rc1,<0.10" numpy \
+	  torch==$(TORCH_VERSION) || echo "safetensors 0.9 could not be installed; its rows will say so"
+	$(PY) -m safeload bench --size 4GiB --cache-dir bench/out --python st09=$(BENCH_ST09)/bin/python \
 	  --json bench/results/cpu.json --plot bench/results/cpu.png
 
 # Builds and installs the package the way users do, into a fresh environment

@@ -89,6 +89,24 @@ def test_every_loader_is_listed_with_a_status():
         assert expected in keys
 
 
+def test_loaders_of_another_environment_run_with_its_interpreter():
+    """safetensors 0.9 rows run with the interpreter given for their environment; without one
+    they say how to give it, and in an environment with another version they say which."""
+    import sys
+
+    loader = loaders.BY_KEY["safetensors-0.9-pread"]
+    why, python, _ = runner.loader_status(loader, "cpu", {})
+    assert why.startswith("not available") and "--python st09=" in why and python is None
+    import safetensors
+
+    why, python, packages = runner.loader_status(loader, "cpu", {"st09": sys.executable})
+    assert python == sys.executable and packages["safetensors"] == safetensors.__version__
+    if safetensors.__version__.startswith("0.9"):
+        assert why is None
+    else:
+        assert why == f"not available: needs safetensors 0.9, found {safetensors.__version__}"
+
+
 @pytest.fixture(scope="module")
 def smallest_measurable_file(tmp_path_factory) -> str:
     # The command refuses files too small to time.

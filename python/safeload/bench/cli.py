@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="OUT.png", help="write a bar chart (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--list", action="store_true", help="list the loaders and whether each can run, then exit")
+    p.add_argument("--python", action="append", default=[], metavar="ENV=PYTHON",
+                   help="the interpreter for loaders that need an environment of their own "
+                        "(safetensors 0.9 beside another version here: st09=PATH/bin/python), repeatable")
     p.add_argument("--ranks", type=int, default=None, metavar="N",
                    help="multi-rank mode: N processes load the checkpoint with safeload.distributed "
                         "(each reads a share, then they exchange) against every rank reading everything; "
@@ -130,11 +133,18 @@ def main(argv: list[str]) -> int:
     from safeload.bench import loaders, model, report, runner
 
     devices = args.device or runner.available_devices()
+    interpreters = {}
+    for item in args.python:
+        env, sep, python = item.partition("=")
+        if not sep or not env or not python:
+            print(f"safeload bench: --python takes ENV=PYTHON, got {item!r}", file=sys.stderr)
+            return 2
+        interpreters[env] = python
     if args.list:
         for loader in loaders.LOADERS:
             for device in devices:
-                why = loader.unavailable(device)
-                print(f"{loader.key:22} {device:5} {'ok' if why is None else why}")
+                why = runner.loader_status(loader, device, interpreters)[0]
+                print(f"{loader.key:26} {device:5} {'ok' if why is None else why}")
         return 0
     if args.rounds < 1:
         print("safeload bench: --rounds must be at least 1", file=sys.stderr)
@@ -193,6 +203,7 @@ def main(argv: list[str]) -> int:
         timeout=args.timeout,
         settle=args.settle,
         on_run=Progress(progress_on),
+        interpreters=interpreters,
     )
     print(report.table(doc))
     if args.json:

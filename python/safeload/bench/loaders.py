@@ -28,6 +28,12 @@ class Loader:
     install_hint: str
     _unavailable: Callable[[str], str | None]
     _load: Callable[[list[str], str, int | None], Tensors]
+    #: The environment this loader runs in, when its package cannot share this one (another
+    #: version of a package installed here): the runner starts its workers with the
+    #: interpreter given for it (``safeload bench --python ENV=PYTHON``).
+    env: str | None = None
+    #: (distribution, version prefix) the loader needs, checked where it runs.
+    needs: tuple[str, str] | None = None
 
     def unavailable(self, device: str) -> str | None:
         """None if this loader can run on ``device``; otherwise the reason it cannot.
@@ -44,6 +50,13 @@ class Loader:
             importlib.import_module(self.module)
         except Exception as e:  # an installed but broken package is reported, not raised
             return f"not available: import {self.module} failed: {type(e).__name__}: {e}"
+        if self.needs:
+            from importlib import metadata
+
+            dist, prefix = self.needs
+            found = metadata.version(dist)
+            if found != prefix and not found.startswith(prefix + "."):
+                return f"not available: needs {dist} {prefix}, found {found}"
         return self._unavailable(device)
 
     def load(self, paths: list[str], device: str, threads: int | None = None) -> Tensors:
@@ -196,6 +209,12 @@ LOADERS: tuple[Loader, ...] = (
            lambda device: None, _st_mmap),
     Loader("safetensors-pread", "safetensors load_file (pread)", "safetensors.torch",
            "pip install safetensors", _st_pread_unavailable, _st_pread),
+    Loader("safetensors-0.9", "safetensors 0.9 load_file (mmap)", "safetensors.torch",
+           "pip install safetensors==0.9.*", lambda device: None, _st_mmap, env="st09",
+           needs=("safetensors", "0.9")),
+    Loader("safetensors-0.9-pread", "safetensors 0.9 load_file (pread)", "safetensors.torch",
+           "pip install safetensors==0.9.*", _st_pread_unavailable, _st_pread, env="st09",
+           needs=("safetensors", "0.9")),
     Loader("fastsafetensors", "fastsafetensors", "fastsafetensors", "pip install fastsafetensors",
            _fst_unavailable, _fst_load),
     Loader("runai-model-streamer", "runai-model-streamer", "runai_model_streamer",

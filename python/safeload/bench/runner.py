@@ -40,6 +40,7 @@ class Entry:
     label: str
     unavailable: str | None = None
     runs: list[dict] = dataclasses.field(default_factory=list)
+    python: str | None = None  # the interpreter its workers run with (None: this one)
 
     @property
     def is_limit(self) -> bool:
@@ -75,8 +76,8 @@ def _worker_env() -> dict:
     return env
 
 
-def run_worker(spec: dict, timeout: float | None = None) -> dict:
-    cmd = [sys.executable, "-m", "safeload.bench.worker", json.dumps(spec)]
+def run_worker(spec: dict, timeout: float | None = None, python: str | None = None) -> dict:
+    cmd = [python or sys.executable, "-m", "safeload.bench.worker", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(), timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -89,6 +90,22 @@ def run_worker(spec: dict, timeout: float | None = None) -> dict:
         return json.loads(lines[-1])
     except json.JSONDecodeError:
         return {"error": f"worker printed no result: {lines[-1][:200]}"}
+
+
+def loader_status(loader, device: str, interpreters: dict[str, str]) -> tuple[str | None, str | None, dict]:
+    """(why ``loader`` cannot run on ``device`` or None, the interpreter to run it with, the
+    package versions where it runs; empty when that is this process)."""
+    if not loader.env:
+        return loader.unavailable(device), None, {}
+    python = interpreters.get(loader.env)
+    if python is None:
+        dist, prefix = loader.needs or (loader.module, "")
+        return (f"not available: runs in an environment of its own; pass --python {loader.env}=PYTHON "
+                f"(an interpreter with {dist} {prefix} and torch installed)"), None, {}
+    found = run_worker({"kind": "check", "key": loader.key, "device": device}, 120, python)
+    if "error" in found:
+        return f"not available: {python}: {found['error']}", python, {}
+    return found["unavailable"], python, found.get("packages", {})
 
 
 def _median(xs: list[float]) -> float:
@@ -254,20 +271,26 @@ def run(
     timeout: float | None = None,
     settle: float = 0.0,
     on_run: Callable[[int, int, str], None] | None = None,
+    interpreters: dict[str, str] | None = None,
 ) -> dict:
-    """Run the benchmark; return the JSON-ready results document."""
+    """Run the benchmark; return the JSON-ready results document. ``interpreters`` maps the
+    environments some loaders need (``Loader.env``) to a Python interpreter."""
     keys = loader_keys or [l.key for l in LOADERS]
     total_bytes = sum(os.path.getsize(p) for p in paths)
     expected = file_checksum(paths)
     storage_reason = next((r for r in (limits.odirect_unavailable(p) for p in paths) if r), None)
 
     blocks = []
+    environments: dict[str, dict] = {}
     for device in devices:
         for condition in conditions:
             entries = []
             for key in keys:
                 loader = BY_KEY[key]
-                entries.append(Entry("loader", key, loader.label, loader.unavailable(device)))
+                why, python, packages = loader_status(loader, device, interpreters or {})
+                entries.append(Entry("loader", key, loader.label, why, python=python))
+                if packages:
+                    environments[loader.env] = {"python": python, "packages": packages}
             for kind in limits_for(device, condition):
                 reason = storage_reason if kind == "storage" else None
                 if kind == "h2d":
@@ -292,7 +315,7 @@ def run(
                 spec = {"kind": e.kind, "key": e.key, "paths": paths, "device": device,
                         "condition": condition, "threads": threads, "nbytes": total_bytes,
                         "settle": settle}
-                result = run_worker(spec, timeout)
+                result = run_worker(spec, timeout, e.python)
                 if e.kind == "loader" and "checksum" in result and int(result["checksum"], 16) != expected:
                     result["wrong_bytes"] = True
                 e.runs.append(result)
@@ -332,6 +355,7 @@ def run(
         "machine": machine(),
         "storage": storage_of(paths[0]),
         "packages": package_versions(),
+        "environments": environments,
         "files": [{"path": os.path.basename(p), "bytes": os.path.getsize(p)} for p in paths],
         "total_bytes": total_bytes,
         "checksum": f"{expected:016x}",

@@ -7,7 +7,8 @@ peak during the timed region; elsewhere it is ``ru_maxrss`` over the process's l
 creation and the cold-cache eviction happen before the clock starts; the result is one JSON
 object on the last line of stdout.
 
-SPEC fields: kind ("loader", "storage", "memory", "fresh", "h2d"), key (loader key), paths,
+SPEC fields: kind ("loader", "storage", "memory", "fresh", "h2d", or "check": whether a loader
+can run here), key (loader key), paths,
 device, condition ("cold" or "warm"), threads (or null), nbytes (for the limit probes), settle
 (seconds to wait after the eviction and before the clock, so that memory the previous run or
 the eviction freed is as idle as the rest of the machine's when the clock starts).
@@ -89,6 +90,11 @@ def run(spec: dict) -> dict:
     threads = spec.get("threads")
     result: dict = {}
 
+    if kind == "check":  # can this loader run here, and with which packages?
+        from safeload.bench.loaders import BY_KEY
+        from safeload.bench.runner import package_versions
+
+        return {"unavailable": BY_KEY[spec["key"]].unavailable(device), "packages": package_versions()}
     if kind == "loader":
         import torch
 
