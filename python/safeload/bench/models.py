@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     available = ways()
     if args.list:
         for key, label, why in available:
-            print(f"{key:22} {label:42} {'ok' if why is None else why}")
+            print(f"{key:26} {label:42} {'ok' if why is None else why}")
         return 0
     keys = [k for k, _, _ in available]
     if args.ways:
