@@ -119,6 +119,67 @@ def _safeload_reference(paths: list[str], device: str, threads: int | None) -> T
     return _merge(paths, lambda p: safeload.reference.load_file(p, device=device))
 
 
+# A mapped mode, measured before deciding whether to build it -------------------------------
+
+_MADV_POPULATE_READ = 22  # Linux 5.14
+_TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
+                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _mapped_unavailable(device: str) -> str | None:
+    import mmap
+
+    if device != "cpu":
+        return f"not available: a mapping is host memory, not {device}"
+    if not hasattr(mmap, "MAP_PRIVATE"):
+        return "not available: needs mmap with MAP_PRIVATE"
+    return None
+
+
+def _mapped_one(path: str) -> Tensors:
+    """Each file mapped private and copy-on-write (writes to a tensor never reach the file),
+    every page populated from the page cache by one thread per core before returning, so the
+    load is done when it returns; tensors are views of the mapping."""
+    import ctypes
+    import json
+    import mmap
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        mapping = mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    anchor = ctypes.c_char.from_buffer(mapping)
+    try:
+        addr, step = ctypes.addressof(anchor), 64 << 20
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # ctypes calls run without the GIL
+            failed = [r for r in pool.map(lambda o: libc.madvise(addr + o, min(step, size - o), _MADV_POPULATE_READ),
+                                          range(0, size, step)) if r]
+        if failed:
+            raise OSError(ctypes.get_errno(), "MADV_POPULATE_READ failed")
+    finally:
+        del anchor
+    n = int.from_bytes(mapping[:8], "little")
+    header = json.loads(mapping[8:8 + n])
+    data = torch.frombuffer(mapping, dtype=torch.uint8)
+    out: Tensors = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        if t["dtype"] not in _TORCH_DTYPES:
+            raise ValueError(f"the mapped-mode measurement handles {', '.join(_TORCH_DTYPES)}, not {t['dtype']}")
+        start, end = t["data_offsets"]
+        view = data[8 + n + start: 8 + n + end].view(getattr(torch, _TORCH_DTYPES[t["dtype"]]))
+        out[name] = view.view(t["shape"])
+    return out
+
+
+def _mapped(paths: list[str], device: str, threads: int | None) -> Tensors:
+    return _merge(paths, _mapped_one)
+
+
 # safetensors ----------------------------------------------------------------------------
 
 
@@ -205,6 +266,8 @@ LOADERS: tuple[Loader, ...] = (
            _safeload_unavailable("load_checkpoint"), _safeload_checkpoint),
     Loader("safeload-reference", "safeload reference", "safeload", "part of this project",
            _safeload_unavailable("reference.load_file"), _safeload_reference),
+    Loader("mapped-prototype", "mapped, populated (prototype)", "safeload", "part of this project",
+           _mapped_unavailable, _mapped),
     Loader("safetensors", "safetensors load_file (mmap)", "safetensors.torch", "pip install safetensors",
            lambda device: None, _st_mmap),
     Loader("safetensors-pread", "safetensors load_file (pread)", "safetensors.torch",
