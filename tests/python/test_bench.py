@@ -146,6 +146,26 @@ def test_one_command_writes_table_json_and_chart(smallest_measurable_file, tmp_p
         assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_each_round_starts_one_entry_later(monkeypatch, tiny_file):
+    """A run pays for what the run before it freed, so no entry may follow the same one every
+    round: the order rotates by one per round (and the new-memory probe's methods with it)."""
+    order = []
+
+    def fake_worker(spec, timeout=None, python=None):
+        order.append((spec["round"], spec["key"]))
+        return {"error": "not run"}
+
+    monkeypatch.setattr(runner, "run_worker", fake_worker)
+    runner.run([tiny_file], devices=["cpu"], conditions=["warm"], rounds=4,
+               loader_keys=["safeload-fast", "safetensors"], timeout=1)
+    keys = ["safeload-fast", "safetensors", "memory", "fresh"]
+    for r in range(4):
+        assert [k for rr, k in order if rr == r] == keys[r:] + keys[:r]
+    _, first = limits.fresh_memory(1 << 20, threads=2, rotate=0)
+    _, second = limits.fresh_memory(1 << 20, threads=2, rotate=1)
+    assert list(second)[-1] == list(first)[0] and list(second)[0] == list(first)[1]
+
+
 def test_cold_block_measures_the_storage_limit_and_lists_missing_peers(monkeypatch, tiny_file):
     ghost = loaders.Loader("ghost", "ghost loader", "safeload_bench_no_such_module",
                            "pip install ghost", lambda d: None, lambda p, d, t: {})

@@ -161,7 +161,8 @@ FRESH_METHODS = (
 _MADV_POPULATE_WRITE = 23  # Linux 5.14
 
 
-def fresh_memory(nbytes: int, threads: int | None = None, settle: float = 0.0) -> tuple[float, dict]:
+def fresh_memory(nbytes: int, threads: int | None = None, settle: float = 0.0,
+                 rotate: int = 0) -> tuple[float, dict]:
     """Obtain and write ``nbytes`` of new memory once per method of ``FRESH_METHODS``; return
     (the fastest method's seconds, {"method xT": seconds}).
 
@@ -170,7 +171,9 @@ def fresh_memory(nbytes: int, threads: int | None = None, settle: float = 0.0) -
     ``memset`` with small pages, ``memset`` with huge pages advised, or ``MADV_POPULATE_WRITE``
     (the kernel populates the pages in bulk, without a fault per page; skipped where the kernel
     lacks it). Memory just freed is handed out again cheaply on some virtual machines, so the
-    methods are ``settle`` seconds apart, as runs are. The fastest counts: a limit errs high.
+    methods are ``settle`` seconds apart, as runs are, and start ``rotate`` places into the
+    list (the benchmark passes the round), so that no method always follows the others' frees.
+    The fastest counts: a limit errs high.
     """
     import ctypes
 
@@ -178,7 +181,8 @@ def fresh_memory(nbytes: int, threads: int | None = None, settle: float = 0.0) -
     libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     threads = threads or default_copy_threads()
     tried: dict = {}
-    for i, (name, n_threads, huge, populate) in enumerate(FRESH_METHODS):
+    shift = rotate % len(FRESH_METHODS)
+    for i, (name, n_threads, huge, populate) in enumerate(FRESH_METHODS[shift:] + FRESH_METHODS[:shift]):
         if i and settle:
             time.sleep(settle)
         t = n_threads or threads

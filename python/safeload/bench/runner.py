@@ -305,7 +305,13 @@ def run(
     for device, condition, entries in blocks:
         runnable = [e for e in entries if not e.unavailable]
         for r in range(rounds):
-            for e in runnable:
+            # Each round starts one entry later than the one before: a run pays for the memory
+            # the run before it freed (a host that reclaims guest memory is still busy with it),
+            # and the new-memory probe frees the most, so a fixed order would charge the same
+            # entry every round. Rotated, each entry follows it at most once in len(runnable)
+            # rounds, and the medians do not carry the order.
+            shift = r % len(runnable) if runnable else 0
+            for e in runnable[shift:] + runnable[:shift]:
                 if on_run:
                     on_run(done, total_runs, f"{device} {condition} {r + 1}/{rounds} {e.label}")
                 if condition == "warm":
@@ -314,7 +320,7 @@ def run(
                             cache.warm(p)
                 spec = {"kind": e.kind, "key": e.key, "paths": paths, "device": device,
                         "condition": condition, "threads": threads, "nbytes": total_bytes,
-                        "settle": settle}
+                        "settle": settle, "round": r}
                 result = run_worker(spec, timeout, e.python)
                 if e.kind == "loader" and "checksum" in result and int(result["checksum"], 16) != expected:
                     result["wrong_bytes"] = True

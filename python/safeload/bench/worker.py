@@ -141,7 +141,8 @@ def run(spec: dict) -> dict:
     elif kind == "memory":
         result.update(seconds=limits.memcpy(spec["nbytes"], threads), nbytes=spec["nbytes"])
     elif kind == "fresh":
-        seconds, tried = limits.fresh_memory(spec["nbytes"], threads, spec.get("settle") or 0.0)
+        seconds, tried = limits.fresh_memory(spec["nbytes"], threads, spec.get("settle") or 0.0,
+                                             rotate=spec.get("round", 0))
         result.update(seconds=seconds, nbytes=spec["nbytes"], methods=tried)
     elif kind == "h2d":
         result.update(seconds=limits.h2d(spec["nbytes"], device), nbytes=spec["nbytes"])
