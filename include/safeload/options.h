@@ -45,10 +45,10 @@ struct LoadOptions {
   // included. Where O_DIRECT is unsupported (tmpfs, macOS), the page cache.
   enum class Io { kAuto, kCached, kUncached } io = Io::kAuto;
   // Populate the pages of host destinations ahead of the readers, from one
-  // more thread (Linux: MADV_POPULATE_WRITE; elsewhere nothing). Where new
-  // memory is the bound, the kernel gives pages in bulk at about twice the
-  // rate of one fault per page, and the work overlaps the reads. False leaves
-  // every page to fault in where a read first writes it.
+  // more thread (Linux: MADV_POPULATE_WRITE; elsewhere nothing): the kernel
+  // gives pages in bulk rather than one fault at a time inside the copies,
+  // and the work overlaps the reads. False leaves every page to fault in
+  // where a read first writes it.
   bool prefault = true;
   // Called by reader threads between reads (from several threads at once:
   // must be thread-safe and cheap); returning true stops the load, which then

@@ -59,8 +59,8 @@ def load_file(
     ``"cached"`` always reads through the page cache, ``"uncached"`` never
     does (where ``O_DIRECT`` is unsupported both fall back to the page
     cache). ``prefault`` (Linux, CPU) populates the destinations' pages from
-    one more thread ahead of the readers: new pages come in bulk at about
-    twice the rate of one fault per page, and that work overlaps the reads;
+    one more thread ahead of the readers: new pages come in bulk rather than
+    one fault at a time inside the copies, and that work overlaps the reads;
     ``False`` lets each page fault in where a read first writes it. The
     result is byte-identical to
     ``safeload.reference.load_file``. ``report``, a dict, is filled with what
