@@ -122,8 +122,6 @@ def _safeload_reference(paths: list[str], device: str, threads: int | None) -> T
 # A mapped mode, measured before deciding whether to build it -------------------------------
 
 _MADV_POPULATE_READ = 22  # Linux 5.14
-_TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
-                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 def _mapped_unavailable(device: str) -> str | None:
@@ -161,6 +159,8 @@ def _mapped_one(path: str) -> Tensors:
             raise OSError(ctypes.get_errno(), "MADV_POPULATE_READ failed")
     finally:
         del anchor
+    from safeload import _C
+
     n = int.from_bytes(mapping[:8], "little")
     header = json.loads(mapping[8:8 + n])
     data = torch.frombuffer(mapping, dtype=torch.uint8)
@@ -168,11 +168,9 @@ def _mapped_one(path: str) -> Tensors:
     for name, t in header.items():
         if name == "__metadata__":
             continue
-        if t["dtype"] not in _TORCH_DTYPES:
-            raise ValueError(f"the mapped-mode measurement handles {', '.join(_TORCH_DTYPES)}, not {t['dtype']}")
+        dtype, sizes = _C.torch_layout(name, t["dtype"], t["shape"], path)  # as the loaders map it
         start, end = t["data_offsets"]
-        view = data[8 + n + start: 8 + n + end].view(getattr(torch, _TORCH_DTYPES[t["dtype"]]))
-        out[name] = view.view(t["shape"])
+        out[name] = data[8 + n + start: 8 + n + end].view(dtype).view(sizes)
     return out
 
 
