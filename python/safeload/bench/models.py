@@ -48,7 +48,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -371,19 +370,7 @@ def _run_model(spec: dict) -> dict:
 def _run_child(spec: dict, timeout: float | None) -> dict:
     from safeload.bench import runner
 
-    cmd = [sys.executable, "-m", "safeload.bench.models", "--_run", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=runner._worker_env(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": f"run exited with status {proc.returncode}: {' | '.join(tail)}"}
-    try:
-        return json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return {"error": f"run printed no result: {lines[-1][:200]}"}
+    return runner.run_child(["-m", "safeload.bench.models", "--_run", json.dumps(spec)], timeout, what="run")
 
 
 # The schedule and the report -----------------------------------------------------------------

@@ -76,8 +76,11 @@ def _worker_env() -> dict:
     return env
 
 
-def run_worker(spec: dict, timeout: float | None = None, python: str | None = None) -> dict:
-    cmd = [python or sys.executable, "-m", "safeload.bench.worker", json.dumps(spec)]
+def run_child(args: list[str], timeout: float | None = None, python: str | None = None,
+              what: str = "worker") -> dict:
+    """Run ``python args...`` (this interpreter by default) in this package's environment; return
+    the JSON object its last output line holds, or {"error": why} when it has none."""
+    cmd = [python or sys.executable, *args]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(), timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -85,11 +88,15 @@ def run_worker(spec: dict, timeout: float | None = None, python: str | None = No
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": f"worker exited with status {proc.returncode}: {' | '.join(tail)}"}
+        return {"error": f"{what} exited with status {proc.returncode}: {' | '.join(tail)}"}
     try:
         return json.loads(lines[-1])
     except json.JSONDecodeError:
-        return {"error": f"worker printed no result: {lines[-1][:200]}"}
+        return {"error": f"{what} printed no result: {lines[-1][:200]}"}
+
+
+def run_worker(spec: dict, timeout: float | None = None, python: str | None = None) -> dict:
+    return run_child(["-m", "safeload.bench.worker", json.dumps(spec)], timeout, python)
 
 
 def loader_status(loader, device: str, interpreters: dict[str, str]) -> tuple[str | None, str | None, dict]:
