@@ -117,23 +117,42 @@ def _capture_originals() -> Dict[str, Any]:
             "load": upstream_torch.load}
 
 
+# Modules whose namespace held none of the swapped objects when last scanned:
+# name -> (id of the namespace, its length then). Such a module is scanned
+# again only when its namespace is another dict or has gained or lost a name,
+# so a patch in a process with thousands of modules costs a millisecond, not
+# tens. Assigning one of the objects to a name such a module already had,
+# after it was scanned, is not seen (imports bind new names).
+_clean: Dict[str, Tuple[int, int]] = {}
+
+
 def _namespaces():
-    """Every module namespace, without importing or touching lazy attributes."""
-    for module in list(sys.modules.values()):
+    """(name, namespace) of every module that may hold a swapped object,
+    without importing or touching lazy attributes."""
+    for name, module in list(sys.modules.items()):
         namespace = getattr(module, "__dict__", None)
-        if isinstance(namespace, dict):
-            yield namespace
+        if isinstance(namespace, dict) and _clean.get(name) != (id(namespace), len(namespace)):
+            yield name, namespace
 
 
 def _swap(old_to_new: Dict[int, Tuple[Any, Any]], record: bool) -> None:
     """Rebinds every module attribute that is one of the ``old`` objects."""
-    for namespace in _namespaces():
+    swapped = {id(o) for o, _ in old_to_new.values()} | {id(n) for _, n in old_to_new.values()}
+    for name, namespace in _namespaces():
+        holds = False
         for attr, value in list(namespace.items()):
+            if id(value) not in swapped:
+                continue
+            holds = True
             pair = old_to_new.get(id(value))
             if pair is not None and pair[0] is value:
                 namespace[attr] = pair[1]
                 if record:
                     _restore.append((namespace, attr, value))
+        if holds:
+            _clean.pop(name, None)
+        else:
+            _clean[name] = (id(namespace), len(namespace))
 
 
 def _apply() -> None:

@@ -69,6 +69,30 @@ def test_routes_and_restores(saved):
         sys.modules.pop("imported_during_patch", None)
 
 
+def test_modules_scanned_before_are_seen_when_they_change(saved):
+    """A module scanned by an earlier patch and found to hold none of the
+    objects is skipped by later patches only while its namespace is unchanged:
+    one that has since imported ``safe_open``, or been replaced in
+    ``sys.modules``, is patched and restored like any other."""
+    quiet = types.ModuleType("scanned_before_it_imported")
+    sys.modules[quiet.__name__] = quiet
+    try:
+        with safeload.patch():
+            assert not hasattr(quiet, "safe_open")
+        quiet.safe_open = ORIGINAL["safe_open"]  # a later `from safetensors import safe_open`
+        replaced = types.ModuleType(quiet.__name__)
+        with safeload.patch():
+            assert quiet.safe_open is safetensors.safe_open is not ORIGINAL["safe_open"]
+            replaced.load_file = ORIGINAL["load_file"]
+            sys.modules[quiet.__name__] = replaced  # another namespace under the same name
+        assert quiet.safe_open is ORIGINAL["safe_open"]
+        with safeload.patch():
+            assert replaced.load_file is safetensors.torch.load_file is not ORIGINAL["load_file"]
+        assert replaced.load_file is ORIGINAL["load_file"]
+    finally:
+        sys.modules.pop("scanned_before_it_imported", None)
+
+
 def test_nesting_and_plain_calls(saved):
     outer = safeload.patch()
     with safeload.patch():
