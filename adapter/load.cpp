@@ -9,12 +9,8 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <algorithm>
-#include <chrono>
-#include <condition_variable>
 #include <cstring>
-#include <mutex>
 #include <optional>
-#include <set>
 #include <system_error>
 
 #include "safeload/error.h"
@@ -210,47 +206,6 @@ bool all_cached(const std::vector<fast::CacheMap>& caches, const Checkpoint& che
   return true;
 }
 
-// The order in which loads with LoadOptions::take_turns read: a ticket each,
-// taken when the load starts; a load reads once every earlier ticket has
-// been given back (its load ended, failed or was cancelled).
-class Turns {
- public:
-  static Turns& process() {
-    static Turns* const turns = new Turns;  // never destroyed: a load may outlive static destructors
-    return *turns;
-  }
-  std::uint64_t take() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return next_++;
-  }
-  // Waits for `ticket`'s turn, polling `control` for cancellation (which
-  // throws Error(kCancelled)).
-  void wait(std::uint64_t ticket, fast::LoadControl& control) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    while (serving_ != ticket) {
-      lock.unlock();
-      control.check_cancelled();
-      lock.lock();
-      if (serving_ != ticket) changed_.wait_for(lock, std::chrono::milliseconds(20));
-    }
-  }
-  void give_back(std::uint64_t ticket) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      ended_.insert(ticket);
-      while (ended_.erase(serving_) > 0) ++serving_;
-    }
-    changed_.notify_all();
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  std::uint64_t next_ = 0;
-  std::uint64_t serving_ = 0;
-  std::set<std::uint64_t> ended_;  // given back out of order, ahead of serving_
-};
-
 }  // namespace
 
 // Everything one load owns; the driver thread and waiters share it.
@@ -290,12 +245,9 @@ class LoadState {
     return std::nullopt;
   }
 
-  std::optional<std::uint64_t> turn;       // the ticket, with take_turns
-
   void run() noexcept {
     std::exception_ptr error;
     try {
-      if (turn) Turns::process().wait(*turn, *control);
       if (policy.route == fast::ReadPolicy::Route::kDirect) {
         fast::read_host(sources, plan, host, slots, *executor, control.get(), policy.prefault);
       } else {
@@ -304,7 +256,6 @@ class LoadState {
     } catch (...) {
       error = std::current_exception();
     }
-    if (turn) Turns::process().give_back(*turn);
     control->finish(error);
   }
 };
@@ -414,7 +365,6 @@ std::unique_ptr<Loading> Loading::start(std::shared_ptr<const Checkpoint> checkp
   st->executor = fast::make_executor(st->policy.threads);
   st->control = std::make_unique<fast::LoadControl>(st->plan, options.cancel);
 
-  if (options.take_turns) st->turn = Turns::process().take();
   std::unique_ptr<Loading> loading(new Loading(std::move(st)));
   LoadState* state = loading->state_.get();
   try {
@@ -510,7 +460,6 @@ LoadReport Loading::report() const {
   r.slot_bytes = p.slot_bytes;
   r.slot_count = p.slot_count;
   r.prefault = p.prefault;
-  r.take_turns = state_->turn.has_value();
   r.ops = state_->plan.ops.size();
   r.ops_uncached = state_->control->ops_uncached();
   r.bytes_total = state_->plan.total_bytes;

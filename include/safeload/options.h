@@ -50,14 +50,6 @@ struct LoadOptions {
   // and the work overlaps the reads. False leaves every page to fault in
   // where a read first writes it.
   bool prefault = true;
-  // Wait, before the first read, until every load started earlier in this
-  // process with take_turns has ended, so that such loads read one after
-  // another in the order they started rather than all at once. safe_open
-  // sets it for its background loads: a framework that opens every shard of
-  // a checkpoint before asking for a tensor then reads the files in turn, as
-  // one load of the whole checkpoint would, instead of every file at once.
-  // Waiting for a turn allocates nothing more and is cancelled like reading.
-  bool take_turns = false;
   // Called by reader threads between reads (from several threads at once:
   // must be thread-safe and cheap); returning true stops the load, which then
   // throws Error(kCancelled) once every reader has stopped and every buffer

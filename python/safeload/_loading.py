@@ -69,11 +69,10 @@ def checkpoint_files(src: Source) -> List[str]:
 
 
 def _start(files: List[bytes], one: bytes, device: DeviceLike, only: Optional[List[str]],
-           options: dict, take_turns: bool = False) -> "_C.Loading":
+           options: dict) -> "_C.Loading":
     o = _options(options)
     return _C.Loading(files, one, device_string(device), o["threads"], o["chunk_bytes"],
-                      o["staging_bytes"], bool(o["staged"]), o["io"], only, prefault=bool(o["prefault"]),
-                      take_turns=take_turns)
+                      o["staging_bytes"], bool(o["staged"]), o["io"], only, prefault=bool(o["prefault"]))
 
 
 def load(src: Source, device: DeviceLike = "cpu", *, progress: Optional[ProgressFn] = None,
@@ -107,18 +106,15 @@ class Loading:
     With ``prefetch=False`` nothing is read until ``wait(name)`` asks, and
     then only that tensor (a caller that wants a few tensors pays for those
     alone). ``close()`` cancels what is still being read and frees every
-    tensor not handed out. ``take_turns``: the background read waits until
-    every load started earlier with it has ended (several handles open at
-    once then read one after another, in the order they were opened).
+    tensor not handed out.
     """
 
-    def __init__(self, src: Source, device: DeviceLike = "cpu", *, prefetch: bool = True,
-                 take_turns: bool = False, **options):
+    def __init__(self, src: Source, device: DeviceLike = "cpu", *, prefetch: bool = True, **options):
         self._device = device
         self._options = _options(options)
         files, one = _sources(src)
         if prefetch:
-            self._loading: Optional[_C.Loading] = _start(files, one, device, None, self._options, take_turns)
+            self._loading: Optional[_C.Loading] = _start(files, one, device, None, self._options)
             self._names = self._loading.names()
             self._source = files
         else:

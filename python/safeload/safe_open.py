@@ -13,10 +13,7 @@ How bytes move:
   background (all destinations allocated first, parallel reads);
   ``get_tensor(name)`` and ``get_slice(name)[...]`` wait for that tensor's
   bytes only, so whatever the caller does between opening and asking (model
-  construction, for instance) overlaps with reading. Handles open at once
-  read in turn, in the order they were opened (a framework that opens every
-  shard before asking for a tensor reads the files one after another, each
-  with every reader thread, instead of all at once). ``close()`` (or leaving
+  construction, for instance) overlaps with reading. ``close()`` (or leaving
   the ``with`` block) stops the reads not done yet and frees every tensor not
   handed out.
 - ``prefetch=False``: nothing is read on open; each tensor is read, in the
@@ -161,7 +158,7 @@ class safe_open:
         self._again: Optional[_loading.Loading] = None  # reads tensors asked for twice
         #: Called with each tensor handed out (patch() counts them with it).
         self.on_tensor: Optional[Callable[[str], None]] = None
-        self._loading = _loading.Loading([filename], self._device, prefetch=prefetch, take_turns=True, **options)
+        self._loading = _loading.Loading([filename], self._device, prefetch=prefetch, **options)
         self._closed = False
 
     # -- upstream's surface -------------------------------------------------

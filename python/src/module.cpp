@@ -149,7 +149,6 @@ py::dict report_to_dict(const LoadReport& r) {
   d["slot_bytes"] = r.slot_bytes;
   d["slot_count"] = r.slot_count;
   d["prefault"] = r.prefault;
-  d["take_turns"] = r.take_turns;
   d["ops"] = r.ops;
   d["ops_uncached"] = r.ops_uncached;
   d["bytes_total"] = r.bytes_total;
@@ -327,9 +326,8 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init([](const py::object& source, const PathBytes& src, const std::string& device,
                        const py::object& threads, const py::object& chunk_bytes, const py::object& staging_bytes,
                        bool staged, const std::string& io, std::optional<std::vector<std::string>> only,
-                       std::optional<std::vector<std::size_t>> ops, bool prefault, bool take_turns) {
-             LoadOptions options = make_options(threads, chunk_bytes, staging_bytes, staged, io, prefault);
-             options.take_turns = take_turns;
+                       std::optional<std::vector<std::size_t>> ops, bool prefault) {
+             const LoadOptions options = make_options(threads, chunk_bytes, staging_bytes, staged, io, prefault);
              const c10::Device dev = parse_device(device);
              std::shared_ptr<const Checkpoint> checkpoint;
              std::vector<PathBytes> files;
@@ -349,10 +347,8 @@ PYBIND11_MODULE(_C, m) {
            }),
            py::arg("files"), py::arg("src"), py::arg("device"), py::arg("threads"), py::arg("chunk_bytes"),
            py::arg("staging_bytes"), py::arg("staged"), py::arg("io"), py::arg("only"), py::arg("ops") = py::none(), py::arg("prefault") = true,
-           py::arg("take_turns") = false,
            "Starts loading `files` (a list of paths, or a Checkpoint opened before; or, when the list is "
-           "empty, the checkpoint `src` names). `take_turns`: read only once every load started earlier "
-           "with it has ended (LoadOptions::take_turns).")
+           "empty, the checkpoint `src` names).")
       .def("names", [](const Loading& l) {
         py::list out;
         for (std::size_t i = 0; i < l.size(); ++i) out.append(py::str(l.info(i).name));

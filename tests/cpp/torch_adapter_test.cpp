@@ -3,9 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstring>
-#include <thread>
 
 #include "safeload/torch.h"
 #include "test_util.h"
@@ -154,44 +152,6 @@ TEST(Loaders, CancellationHookStopsTheLoadWithCancelled) {
   options.cancel = [&] { return ++polls > 10; };
   expect_code(ErrorCode::kCancelled, [&] { load_file(a.path(), c10::Device("cpu"), options); });
   EXPECT_LT(polls.load(), 8 << 4) << "stopped long before every chunk was read";
-}
-
-TEST(Loaders, LoadsThatTakeTurnsReadOneAfterAnotherInTheOrderTheyStarted) {
-  TempFile a(testing::u8_file({{"a0", 4 << 20}}, 1));
-  TempFile b(testing::u8_file({{"b0", 1 << 20}}, 2));
-  TempFile c(testing::u8_file({{"c0", 1 << 20}}, 3));
-  // The first load's readers are held before their first read until
-  // released, so the others have to wait their turn while it runs.
-  std::atomic<bool> slow{true};
-  LoadOptions first;
-  first.take_turns = true;
-  first.chunk_bytes = kMinChunkBytes;
-  first.threads = 2;
-  first.cancel = [&] {
-    while (slow.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    return false;
-  };
-  LoadOptions turn;
-  turn.take_turns = true;
-  auto open = [](const TempFile& f, const LoadOptions& o) {
-    return Loading::start(Checkpoint::open(std::vector<std::string>{f.path()}), c10::Device("cpu"), o);
-  };
-  std::unique_ptr<Loading> la = open(a, first);
-  std::unique_ptr<Loading> lb = open(b, turn);
-  std::unique_ptr<Loading> lc = open(c, turn);
-  LoadOptions alone;  // not taking turns: reads at once
-  EXPECT_TRUE(open(c, alone)->wait(0).equal(reference::load_file(c.path()).at("c0")));
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  EXPECT_FALSE(la->wait_done(0));
-  EXPECT_EQ(lb->bytes_done(), 0u) << "b read before a, started earlier, had ended";
-  EXPECT_EQ(lc->bytes_done(), 0u);
-  lb->release();  // giving up a turn while waiting for it: returns at once, and c keeps its place
-  EXPECT_FALSE(lc->wait_done(50));
-  slow = false;
-  EXPECT_TRUE(lc->wait(0).equal(reference::load_file(c.path()).at("c0")));
-  EXPECT_TRUE(la->wait_done(0)) << "c read before a had ended";
-  EXPECT_TRUE(la->wait(0).equal(reference::load_file(a.path()).at("a0")));
-  expect_code(ErrorCode::kCancelled, [&] { lb->wait(0); });
 }
 
 TEST(Loaders, InvalidOptionsAreRejectedBeforeTheFileIsOpened) {

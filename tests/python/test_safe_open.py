@@ -279,34 +279,3 @@ def test_report_counts_what_was_served(small):
         report = f.report()
     assert report["tensors_served"] == 2
     assert report.get("bytes_total", 0) > 0
-
-
-def test_handles_open_at_once_read_in_turn_and_still_match(tmp_path):
-    """Background loads of handles open at once take turns (a framework opens
-    every shard before asking for a tensor); asking for tensors across the
-    handles, in any order and from several threads, still gets every tensor,
-    equal to upstream's. A handle closed before its turn gives its turn up."""
-    from safetensors.torch import load_file, save_file
-
-    paths = []
-    for s in range(4):
-        path = str(tmp_path / f"shard-{s}.safetensors")
-        save_file({f"s{s}.t{i}": torch.randn(257, 31) for i in range(8)}, path)
-        paths.append(path)
-    skipped = safeload.safe_open(paths[0], "pt")
-    handles = [safeload.safe_open(p, "pt") for p in paths]
-    skipped.close()
-    try:
-        assert all(h.report()["take_turns"] for h in handles)
-        wanted = [(h, k) for h in reversed(handles) for k in h.keys()]  # the last opened first
-        with ThreadPoolExecutor(4) as pool:
-            got = list(pool.map(lambda hk: hk[0].get_slice(hk[1])[...], wanted))
-    finally:
-        for h in handles:
-            h.close()
-    expected = {k: v for p in paths for k, v in load_file(p).items()}
-    assert len(got) == len(expected)
-    assert all(same_tensor(t, expected[k]) for (_, k), t in zip(wanted, got))
-    report = {}
-    safeload.load_file(paths[0], report=report)
-    assert report["take_turns"] is False  # a blocking load waits for nobody
