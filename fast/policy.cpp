@@ -61,7 +61,11 @@ ReadPolicy decide_policy(const PolicyInput& in) {
     p.chunk_bytes = std::max(p.chunk_bytes, kMinChunkBytes);
   }
 
-  p.prefault = direct && in.prefault;
+  // Prefault only while reads wait for the device: there one more thread
+  // populating pages fills idle time, while copies from the page cache keep
+  // every core busy and a prefaulting thread only competes with them
+  // (measured: bench/README.md, "Defaults").
+  p.prefault = direct && p.bypass && in.prefault;
   if (direct && !p.bypass) return p;  // straight into the destinations: no slots
   p.slot_bytes = slot_bytes_for(p.chunk_bytes, p.bypass);
   // Within staging_bytes (one slot at the least), one bounce slot per reader

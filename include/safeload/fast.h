@@ -111,8 +111,8 @@ struct ReadPolicy {
   std::uint64_t chunk_bytes = 0;
   std::uint64_t slot_bytes = 0;     // 0 when the route needs no slots
   std::size_t slot_count = 0;
-  // Populate destination pages ahead of the readers (direct route only:
-  // staged destinations are device memory).
+  // Populate destination pages ahead of the readers: on the direct route
+  // (staged destinations are device memory) when reads bypass the page cache.
   bool prefault = false;
 };
 

@@ -45,7 +45,9 @@ struct LoadOptions {
   // included. Where O_DIRECT is unsupported (tmpfs, macOS), the page cache.
   enum class Io { kAuto, kCached, kUncached } io = Io::kAuto;
   // Populate the pages of host destinations ahead of the readers, from one
-  // more thread (Linux: MADV_POPULATE_WRITE; elsewhere nothing): the kernel
+  // more thread, while reads bypass the page cache (Linux:
+  // MADV_POPULATE_WRITE; elsewhere nothing; reads the page cache serves keep
+  // every core busy copying, so they do without): the kernel
   // gives pages in bulk rather than one fault at a time inside the copies,
   // and the work overlaps the reads. False leaves every page to fault in
   // where a read first writes it.

@@ -58,8 +58,9 @@ def load_file(
     so no page-cache copy of a cold file is made only to be copied again;
     ``"cached"`` always reads through the page cache, ``"uncached"`` never
     does (where ``O_DIRECT`` is unsupported both fall back to the page
-    cache). ``prefault`` (Linux, CPU) populates the destinations' pages from
-    one more thread ahead of the readers: new pages come in bulk rather than
+    cache). ``prefault`` (Linux, CPU, reads that bypass the page cache)
+    populates the destinations' pages from one more thread ahead of the
+    readers: new pages come in bulk rather than
     one fault at a time inside the copies, and that work overlaps the reads;
     ``False`` lets each page fault in where a read first writes it. The
     result is byte-identical to

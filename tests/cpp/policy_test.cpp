@@ -81,11 +81,17 @@ TEST(Policy, DeviceTargetsStageThroughTheCacheWithinTheStagingBound) {
   EXPECT_TRUE(decide_policy(in).bypass);
 }
 
-TEST(Policy, PrefaultingIsForHostDestinationsAndCanBeTurnedOff) {
+TEST(Policy, PrefaultingIsForHostDestinationsReadPastThePageCacheAndCanBeTurnedOff) {
   PolicyInput in = host_input(1ull << 30);
-  EXPECT_TRUE(decide_policy(in).prefault) << "warm direct";
+  EXPECT_FALSE(decide_policy(in).prefault) << "warm: copies from the page cache keep every core busy";
+  in.io = LoadOptions::Io::kCached;
   in.all_cached = false;
-  EXPECT_TRUE(decide_policy(in).prefault) << "cold direct";
+  EXPECT_FALSE(decide_policy(in).prefault) << "cold, read through the page cache";
+  in.io = LoadOptions::Io::kAuto;
+  in.direct_io = false;
+  EXPECT_FALSE(decide_policy(in).prefault) << "no O_DIRECT (tmpfs): reads copy from the page cache";
+  in.direct_io = true;
+  EXPECT_TRUE(decide_policy(in).prefault) << "cold direct, bypassing the page cache";
   in.prefault = false;
   EXPECT_FALSE(decide_policy(in).prefault);
   in.prefault = true;
