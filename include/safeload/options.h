@@ -46,11 +46,11 @@ struct LoadOptions {
   enum class Io { kAuto, kCached, kUncached } io = Io::kAuto;
   // Populate the pages of host destinations ahead of the readers, from one
   // more thread, while reads bypass the page cache (Linux:
-  // MADV_POPULATE_WRITE; elsewhere nothing; reads the page cache serves keep
-  // every core busy copying, so they do without): the kernel
-  // gives pages in bulk rather than one fault at a time inside the copies,
-  // and the work overlaps the reads. False leaves every page to fault in
-  // where a read first writes it.
+  // MADV_POPULATE_WRITE; elsewhere nothing). The kernel gives pages in bulk
+  // rather than one fault at a time inside the copies, and the work overlaps
+  // the reads; reads the page cache serves keep every core busy copying, so
+  // they do without. False leaves every page to fault in where a read first
+  // writes it.
   bool prefault = true;
   // Called by reader threads between reads (from several threads at once:
   // must be thread-safe and cheap); returning true stops the load, which then

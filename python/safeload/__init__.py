@@ -60,9 +60,9 @@ def load_file(
     does (where ``O_DIRECT`` is unsupported both fall back to the page
     cache). ``prefault`` (Linux, CPU, reads that bypass the page cache)
     populates the destinations' pages from one more thread ahead of the
-    readers: new pages come in bulk rather than
-    one fault at a time inside the copies, and that work overlaps the reads;
-    ``False`` lets each page fault in where a read first writes it. The
+    readers: new pages come in bulk rather than one fault at a time inside
+    the copies, and that work overlaps the reads; ``False`` lets each page
+    fault in where a read first writes it. The
     result is byte-identical to
     ``safeload.reference.load_file``. ``report``, a dict, is filled with what
     the load did: the route (``"direct"`` or ``"staged"``), threads, chunk
