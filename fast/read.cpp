@@ -197,6 +197,33 @@ bool any_uncached(const std::vector<Source>& sources) {
   return std::any_of(sources.begin(), sources.end(), [](const Source& s) { return s.uncached != nullptr; });
 }
 
+// Reads the op through the page cache straight into its destinations, in
+// pieces of at most kCancelCheckBytes with a cancellation check between them.
+void read_cached_op(const File& file, const Plan& plan, const ReadOp& op, const std::vector<void*>& dst,
+                    LoadControl* control) {
+  iovec iov[kMaxSegmentsPerOp];
+  std::size_t s = 0;         // the segment being read
+  std::uint64_t within = 0;  // bytes of it already read
+  std::uint64_t at = op.file_offset;
+  while (s < op.segment_count) {
+    if (at != op.file_offset && control) control->check_cancelled();
+    int count = 0;
+    std::uint64_t piece = 0;
+    while (s < op.segment_count && piece < kCancelCheckBytes) {
+      const Segment& seg = plan.segments[op.first_segment + s];
+      const std::uint64_t take = std::min(seg.length - within, kCancelCheckBytes - piece);
+      iov[count].iov_base = static_cast<char*>(dst[seg.tensor]) + seg.tensor_offset + within;
+      iov[count].iov_len = take;
+      ++count;
+      piece += take;
+      within += take;
+      if (within == seg.length) ++s, within = 0;
+    }
+    preadv_full(file.fd(), iov, count, at, file.path());
+    at += piece;
+  }
+}
+
 }  // namespace
 
 #if defined(__linux__)
@@ -294,13 +321,7 @@ void read_host(const std::vector<Source>& sources, const Plan& plan, const std::
       }
       ring.release(slot, /*dirty=*/false);
     } else {
-      iovec iov[kMaxSegmentsPerOp];
-      for (std::size_t s = 0; s < op.segment_count; ++s) {
-        const Segment& seg = plan.segments[op.first_segment + s];
-        iov[s].iov_base = static_cast<char*>(dst[seg.tensor]) + seg.tensor_offset;
-        iov[s].iov_len = seg.length;
-      }
-      preadv_full(src.file->fd(), iov, static_cast<int>(op.segment_count), op.file_offset, src.file->path());
+      read_cached_op(*src.file, plan, op, dst, control);
     }
     if (control) control->op_done(plan, op);
   });

@@ -80,6 +80,12 @@ inline constexpr std::uint64_t kUncachedChunkBytes = 8ull << 20;
 // Bounds of the automatic chunk size.
 inline constexpr std::uint64_t kMinAutoChunkBytes = 256 * 1024;
 inline constexpr std::uint64_t kMaxAutoChunkBytes = 64 * 1024 * 1024;
+// A read through the page cache straight into the destinations is issued in
+// pieces of at most this many bytes, checking for cancellation between them:
+// a 64 MiB read into new memory can take a second while the host is slow to
+// back it, and Ctrl-C should not wait for that. One more syscall per 8 MiB
+// costs microseconds against milliseconds of copying.
+inline constexpr std::uint64_t kCancelCheckBytes = 8ull << 20;
 // More staging slots than this per thread only add events and pinned memory.
 inline constexpr std::size_t kMaxSlotsPerThread = 4;
 

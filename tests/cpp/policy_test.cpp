@@ -221,6 +221,38 @@ TEST(ReadHost, CancelledLoadStopsBetweenReads) {
   EXPECT_EQ(control.bytes_done(), 300u) << "three reads, then the hook said stop";
 }
 
+TEST(ReadHost, ALargeReadIsCancelledBetweenPieces) {
+  // One op three pieces long (plus a byte), two tensors: a cancel asked for
+  // while the first piece is read stops the op before the rest.
+  const std::uint64_t a = kCancelCheckBytes + kCancelCheckBytes / 2, b = kCancelCheckBytes * 3 / 2 + 1;
+  const std::string bytes = testing::u8_file({{"a", a}, {"b", b}});
+  const std::size_t data_start = bytes.size() - a - b;
+  TempFile tmp(bytes);
+  const File file = File::open(tmp.path());
+  const Header h = Header::read(file);
+  const Plan plan = plan_reads(h, a + b);
+  ASSERT_EQ(plan.ops.size(), 1u);
+  auto executor = make_executor(1);
+  {
+    std::vector<std::string> out = {std::string(a, '\0'), std::string(b, '\0')};
+    std::vector<void*> dst = {out[0].data(), out[1].data()};
+    std::atomic<int> checks{0};
+    LoadControl control(plan, [&] { return ++checks > 2; });
+    testing::expect_code(ErrorCode::kCancelled,
+                         [&] { read_host({Source{&file}}, plan, dst, {}, *executor, &control); });
+    EXPECT_EQ(checks.load(), 3) << "before the op, after piece 1, after piece 2";
+    EXPECT_EQ(out[1].find_first_not_of('\0', b - kCancelCheckBytes), std::string::npos)
+        << "the last piece was not read";
+  }
+  std::vector<std::string> out = {std::string(a, '\0'), std::string(b, '\0')};
+  std::vector<void*> dst = {out[0].data(), out[1].data()};
+  std::atomic<int> checks{0};
+  LoadControl control(plan, [&] { return ++checks > 1000; });
+  read_host({Source{&file}}, plan, dst, {}, *executor, &control);
+  EXPECT_EQ(checks.load(), 4) << "once before the op, once between each of its 4 pieces";
+  EXPECT_TRUE(out[0] + out[1] == bytes.substr(data_start)) << "pieces that split a tensor join up";
+}
+
 TEST(CacheMap, UniformAnswersTheSameForEveryRange) {
   EXPECT_TRUE(CacheMap::uniform(true).cached(12345, 1 << 20));
   EXPECT_FALSE(CacheMap::uniform(false).cached(0, 1));
