@@ -62,8 +62,7 @@ def load_file(
     populates the destinations' pages from one more thread ahead of the
     readers: new pages come in bulk rather than one fault at a time inside
     the copies, and that work overlaps the reads; ``False`` lets each page
-    fault in where a read first writes it. The
-    result is byte-identical to
+    fault in where a read first writes it. The result is byte-identical to
     ``safeload.reference.load_file``. ``report``, a dict, is filled with what
     the load did: the route (``"direct"`` or ``"staged"``), threads, chunk
     size, slots, and the reads and bytes that bypassed the page cache.

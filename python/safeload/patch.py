@@ -121,8 +121,9 @@ def _capture_originals() -> Dict[str, Any]:
 # name -> (id of the namespace, its length then). Such a module is scanned
 # again only when its namespace is another dict or has gained or lost a name,
 # so with transformers loaded (2,500 modules) a patch after the first, and
-# every undo, costs about 2 ms instead of about 33. Assigning one of the objects to a name such a module already had,
-# after it was scanned, is not seen (imports bind new names).
+# every undo, costs about 2 ms instead of about 33. Assigning one of the
+# objects to a name such a module already had, after it was scanned, is not
+# seen (imports bind new names).
 _clean: Dict[str, Tuple[int, int]] = {}
 
 
