@@ -81,18 +81,18 @@ def load(src: Source, device: DeviceLike = "cpu", *, progress: Optional[Progress
 
     ``progress(bytes_done, bytes_total)`` is called about ten times a second.
     ``report``, a dict, is filled with what the load did (route, threads,
-    chunk size, reads that bypassed the page cache, ...). The result is in
+    chunk size, reads that bypassed the page cache, ...), also when it fails
+    or is interrupted (``bytes_done`` then says how far it got). The result is in
     file order, shard by shard, as upstream's ``load_file`` orders one file.
     """
     files, one = _sources(src)
     loading = _start(files, one, device, None, options)
     try:
-        tensors = loading.wait_all(progress)
-        if report is not None:
-            report.update(loading.report())
-        return dict(tensors)
+        return dict(loading.wait_all(progress))
     finally:
         loading.release()
+        if report is not None:  # also for a load that failed or was interrupted: how far it got
+            report.update(loading.report())
         # A traceback keeps this frame alive: drop the handle so its files
         # close now, not when the exception is forgotten.
         del loading

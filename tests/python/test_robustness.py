@@ -318,9 +318,19 @@ def test_item4_fifo_rejected_by_inspect_cli(special_files):
 
 # ---------------------------------------------------------------------------
 # Item 5: Ctrl-C was noticed only when the load returned.
+#
+# What is checked is what a user sees, without a clock: the load that was
+# running when SIGINT arrived stopped before it had read its bytes (its
+# report's bytes_done is short of the total), KeyboardInterrupt came out of it,
+# and its tensors, descriptors and threads are gone. How long that takes is a
+# benchmark's figure, not a test's (python -m safeload.bench.interrupt).
 
 SIGINT_CHILD = r"""
-import json, os, sys, time
+import json, os, signal, sys, time
+# The disposition under test, set here: a shell without job control starts
+# background jobs with SIGINT ignored, and an ignored signal stays ignored
+# across exec, so Python would install no KeyboardInterrupt handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import safeload
 path, warm, kw = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 
@@ -343,11 +353,16 @@ def settled():
 
 safeload.load_file(warm, **kw)  # first-use setup is not the load's
 before = settled()
-print("STARTED", flush=True)
+handler = signal.getsignal(signal.SIGINT)
+print("STARTED " + ("default_int_handler" if handler is signal.default_int_handler else repr(handler)), flush=True)
 loads = 0
+in_load = False
 try:
     while True:
-        safeload.load_file(path, **kw)
+        report = {}
+        in_load = True
+        safeload.load_file(path, report=report, **kw)
+        in_load = False
         loads += 1
 except KeyboardInterrupt:
     caught = time.monotonic()
@@ -356,21 +371,30 @@ while counts()["threads"] > before["threads"] and time.monotonic() < deadline:
     time.sleep(0.01)
 after = counts()
 ok = sorted(safeload.load_file(warm, **kw)) != []  # still usable
-print("JSON " + json.dumps({"caught": caught, "loads": loads, "before": before, "after": after, "ok": ok}))
+print("JSON " + json.dumps({"caught": caught, "loads": loads, "in_load": in_load,
+                            "done": report.get("bytes_done"), "total": report.get("bytes_total"),
+                            "before": before, "after": after, "ok": ok}))
 """
 
 
 def interrupt_child(path: str, warm: str, kw: dict, shim: str | None = None, fault: str | None = None,
-                    after_s: float = 0.3) -> tuple[dict, float]:
+                    after_s: float = 0.3, ignore_sigint: bool = False) -> tuple[dict, float]:
     """Starts SIGINT_CHILD, sends SIGINT ``after_s`` after it starts loading;
     returns its report and when the signal was sent (CLOCK_MONOTONIC, which
-    every process on the machine shares)."""
+    every process on the machine shares). ``ignore_sigint`` starts the child
+    with SIGINT ignored, as a shell without job control starts a background
+    job."""
     env = harness.child_env(shim, {"SAFELOAD_FAULT": fault} if fault else None)
+    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     proc = subprocess.Popen([sys.executable, "-c", SIGINT_CHILD, path, warm, json.dumps(kw)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            env=env, preexec_fn=preexec)
     try:
         line = proc.stdout.readline()
-        assert line.strip() == "STARTED", (line, proc.stderr.read()[-3000:] if proc.poll() is not None else "")
+        assert line.startswith("STARTED "), (line, proc.stderr.read()[-3000:] if proc.poll() is not None else "")
+        # Without Python's handler SIGINT would never become KeyboardInterrupt:
+        # say so now rather than wait for the child to be killed as hung.
+        assert line.split()[1] == "default_int_handler", f"the child's SIGINT handler is {line.split()[1]}"
         time.sleep(after_s)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -384,8 +408,12 @@ def interrupt_child(path: str, warm: str, kw: dict, shim: str | None = None, fau
 
 
 def check_interrupted(report: dict, sent: float, tensor_bytes: int) -> None:
-    latency = report["caught"] - sent
-    assert latency <= 0.5, f"KeyboardInterrupt came {latency:.2f} s after SIGINT (at most 0.5 s)"
+    """The load running at SIGINT was cut short and left nothing behind."""
+    assert report["in_load"], f"KeyboardInterrupt arrived between loads, not inside one: {report}"
+    assert report["total"] == tensor_bytes, report
+    assert report["done"] < tensor_bytes, (
+        f"the interrupted load had read all {tensor_bytes} bytes before KeyboardInterrupt came out of it: "
+        f"Ctrl-C was noticed only once it returned ({report})")
     before, after = report["before"], report["after"]
     assert after["fds"] == before["fds"], (before, after)
     assert after["threads"] == before["threads"], (before, after)
@@ -394,24 +422,30 @@ def check_interrupted(report: dict, sent: float, tensor_bytes: int) -> None:
     assert report["ok"]
 
 
-def test_item5_sigint_interrupts_long_load(tmp_path, model):
-    """A 1 GiB file read through the page cache by one thread (seconds of
-    work): SIGINT raises KeyboardInterrupt within 0.5 s, releases the
-    tensors, fds and threads, and leaves safeload usable."""
-    path = str(tmp_path / "big.safetensors")
-    n = GiB
-    header = {"big": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}
-    write_header_only(path, header)
-    with open(path, "r+b") as f:  # sparse: costs no disk, reads as zeros
+def sparse_file(path: str, n: int) -> str:
+    """One U8 tensor of ``n`` bytes in a sparse file: costs no disk, reads as zeros."""
+    write_header_only(path, {"big": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}})
+    with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) + n)
-    report, sent = interrupt_child(path, model[0], {"io": "cached", "threads": 1})
-    check_interrupted(report, sent, n)
+    return path
+
+
+@pytest.mark.parametrize("ignored", [False, True], ids=["sigint-default", "sigint-ignored-at-start"])
+def test_sigint_stops_a_long_page_cache_load(tmp_path, model, ignored):
+    """A 1 GiB file read through the page cache by one thread: SIGINT makes
+    the running load raise KeyboardInterrupt before it has read its bytes,
+    releases its tensors, descriptors and threads, and leaves safeload
+    usable; also when the process was started with SIGINT ignored (a
+    background job), since the program sets the handler it relies on."""
+    path = sparse_file(str(tmp_path / "big.safetensors"), GiB)
+    report, sent = interrupt_child(path, model[0], {"io": "cached", "threads": 1}, ignore_sigint=ignored)
+    check_interrupted(report, sent, GiB)
 
 
 @pytest.mark.parametrize("route", ["cached", "uncached", "staged", "auto"])
-def test_item5_sigint_interrupts_slow_reads(shim, tmp_path, model, route):
-    """Every read takes 50 ms (the shim's delay, as a slow disk): a 64 MiB
-    load would take seconds; SIGINT ends it within 0.5 s on every route."""
+def test_sigint_stops_slow_reads_on_every_route(shim, tmp_path, model, route):
+    """Every read takes 50 ms (the shim's delay, as a slow disk), so a 64 MiB
+    load takes over a second: SIGINT stops it part-way on every route."""
     path = str(tmp_path / "slow.safetensors")
     upstream.save_file({f"w{i}": torch.zeros(1 << 20) for i in range(16)}, path)  # 64 MiB
     kw = {"chunk_bytes": MiB, "threads": 2, **ROUTES[route]}
