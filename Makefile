@@ -28,7 +28,8 @@ print(" ".join(dict.fromkeys(d for d in deps if d.split(">")[0].split("=")[0].st
 endef
 export PYPROJECT_REQUIREMENTS
 
-.PHONY: demo test test-cpp test-python test-package build deps system-deps venv develop install-check bench clean
+.PHONY: demo test test-cpp test-python test-package build deps system-deps venv develop install-check bench clean \
+  device-prep device-check
 
 demo: build
 	$(PY) -m safeload demo
@@ -148,6 +149,28 @@ AUTOPATCH_CHECK := "import importlib, sys, safetensors.torch as t; p = importlib
 
 clean:
 	rm -rf $(BUILD)
+
+# ---------------------------------------------------------------------------
+# The device check (bench/device_check.py, bench/README.md "On a GPU machine").
+#   make device-prep              here, with network: the peers' wheels for the GPU machine's
+#                                 Python 3.12 into .whl/, the JSON headers into .deps/
+#   make device-check OUT=DIR     there (carry .whl and .deps): build, CUDA tests, conformance,
+#                                 benchmarks, each time-boxed, within 8 minutes
+#   make device-check OUT=DIR DRY=1   anywhere: the same steps, the device parts skipped
+DEVICE_PYTHON ?= python3
+DEVICE_WHEELS := safetensors==0.9.0rc1 fastsafetensors==0.5.0 instanttensor==0.2.2
+DEVICE_PLATFORMS := $(foreach n,17 24 27 28 31 34 35,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64
+device-prep:
+	mkdir -p .whl .deps/nlohmann/usr/include .deps/nlohmann/usr/share/cmake
+	$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp $(DEVICE_PLATFORMS) -d .whl $(DEVICE_WHEELS)
+	cp -r /usr/include/nlohmann .deps/nlohmann/usr/include/
+	cp -r /usr/share/cmake/nlohmann_json .deps/nlohmann/usr/share/cmake/
+	@ls .whl
+
+device-check:
+	@test -n "$(OUT)" || { echo "make device-check needs OUT=DIR (where the results go)"; exit 2; }
+	$(DEVICE_PYTHON) bench/device_check.py --out "$(OUT)" $(if $(DRY),--dry-run)
 
 # ---------------------------------------------------------------------------
 # Fuzzing and the sanitizer build (fuzz/README.md).

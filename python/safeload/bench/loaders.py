@@ -204,6 +204,26 @@ def _st_pread(paths: list[str], device: str, threads: int | None) -> Tensors:
     return _merge(paths, lambda p: load_file(p, device=device, backend="pread"))
 
 
+def _st_prefetch_unavailable(device: str) -> str | None:
+    from safetensors import safe_open
+
+    if not hasattr(safe_open, "prefetch"):
+        return "not available: this safetensors has no safe_open.prefetch (0.9 adds it)"
+    if _device_type(device) != "cuda":
+        return f"not available: safetensors' prefetch loads to CUDA devices only, not {device}"
+    return None
+
+
+def _st_prefetch(paths: list[str], device: str, threads: int | None) -> Tensors:
+    from safetensors import safe_open
+
+    def one(path: str) -> Tensors:
+        with safe_open(path, framework="pt", device=device) as f, f.prefetch() as loader:
+            return {name: loader.take(name) for name in loader.names()}
+
+    return _merge(paths, one)
+
+
 # fastsafetensors ------------------------------------------------------------------------
 
 
@@ -275,6 +295,9 @@ LOADERS: tuple[Loader, ...] = (
            needs=("safetensors", "0.9")),
     Loader("safetensors-0.9-pread", "safetensors 0.9 load_file (pread)", "safetensors.torch",
            "pip install safetensors==0.9.*", _st_pread_unavailable, _st_pread, env="st09",
+           needs=("safetensors", "0.9")),
+    Loader("safetensors-0.9-prefetch", "safetensors 0.9 safe_open prefetch", "safetensors",
+           "pip install safetensors==0.9.*", _st_prefetch_unavailable, _st_prefetch, env="st09",
            needs=("safetensors", "0.9")),
     Loader("fastsafetensors", "fastsafetensors", "fastsafetensors", "pip install fastsafetensors",
            _fst_unavailable, _fst_load),

@@ -1,7 +1,7 @@
 """Time to a usable model: the same checkpoint as 1, 4 and 16 shards, loaded every way.
 
     python -m safeload.bench.models [--shards 1,4,16] [--rounds 5] [--condition warm|cold]
-                                    [--ways KEY,...] [--dir DIR] [--json OUT] [--list]
+                                    [--device cpu|cuda] [--ways KEY,...] [--dir DIR] [--json OUT] [--list]
 
 The checkpoint. One Llama-style model in bf16 (hidden 1024, 8 layers, vocab 32,000 unless
 --hidden, --layers, --vocab say otherwise), generated once from a fixed seed, is written as
@@ -15,9 +15,11 @@ name only once complete (it is written under another name, then renamed), and a 
 every directory whose record matches the model asked for and whose files are all there.
 
 The ways (--list shows each with whether it can run here, and why not):
-- every state-dict loader of ``safeload bench`` that can run on cpu, given the list of shard
-  files (each loads shard by shard, or takes the list in one call as load_checkpoint does);
-- ``transformers``: ``AutoModelForCausalLM.from_pretrained(DIR/shards-N, dtype=bfloat16)``;
+- every state-dict loader of ``safeload bench`` that can run on --device (default cpu), given
+  the list of shard files (each loads shard by shard, or takes the list in one call as
+  load_checkpoint does);
+- ``transformers``: ``AutoModelForCausalLM.from_pretrained(DIR/shards-N, dtype=bfloat16)``,
+  with ``device_map=DEVICE`` for a device other than the CPU;
 - ``transformers-patched``: the same under ``safeload.patch()``.
 
 Timed, in a fresh process per run, after imports and a settle wait: a state-dict way from the
@@ -268,11 +270,11 @@ def shard_paths(root: str, record: dict) -> list[str]:
 # The ways ------------------------------------------------------------------------------------
 
 
-def ways() -> list[tuple[str, str, str | None]]:
-    """Every way: (key, label, None if it can run on cpu here, else why not)."""
+def ways(device: str = "cpu") -> list[tuple[str, str, str | None]]:
+    """Every way: (key, label, None if it can run on ``device`` here, else why not)."""
     from safeload.bench.loaders import LOADERS
 
-    out = [(loader.key, loader.label, loader.unavailable("cpu")) for loader in LOADERS]
+    out = [(loader.key, loader.label, loader.unavailable(device)) for loader in LOADERS]
     if importlib.util.find_spec("transformers") is None:
         missing = "not installed (pip install transformers)"
         out += [(k, label, missing) for k, label in MODEL_WAYS.items()]
@@ -324,6 +326,8 @@ def _run_model(spec: dict) -> dict:
     from safeload.bench.loaders import touch
 
     directory, key = spec["dir"], spec["key"]
+    device = spec.get("device", "cpu")
+    kwargs = {"dtype": torch.bfloat16} if device == "cpu" else {"dtype": torch.bfloat16, "device_map": device}
     patched = key == "transformers-patched"
     if patched:
         import safeload
@@ -340,10 +344,10 @@ def _run_model(spec: dict) -> dict:
     t0 = time.perf_counter()
     if patched:
         with safeload.patch() as p:
-            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+            model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
         result["patch_calls"] = p.calls
     else:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     t1 = time.perf_counter()
     state = model.state_dict()
     checksum = touch(dict(state))
@@ -377,12 +381,12 @@ def _run_child(spec: dict, timeout: float | None) -> dict:
 
 
 def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: list[str], rounds: int,
-        settle: float, timeout: float | None, on_run=None) -> dict:
+        settle: float, timeout: float | None, on_run=None, device: str = "cpu") -> dict:
     """Every (condition, round, shard count, way) in turn; the JSON-ready results document."""
     from safeload.bench import cache, runner
     from safeload.bench.loaders import file_checksum
 
-    status = {k: (label, why) for k, label, why in ways()}
+    status = {k: (label, why) for k, label, why in ways(device)}
     counts = list(records)
     paths = {n: shard_paths(root, records[n]) for n in counts}
     expected = {n: file_checksum(paths[n]) for n in counts}
@@ -407,10 +411,10 @@ def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: lis
                                 cache.warm(p)
                     if e.key in MODEL_WAYS:
                         spec = {"key": e.key, "dir": os.path.dirname(paths[n][0]), "paths": paths[n],
-                                "condition": condition, "settle": settle}
+                                "condition": condition, "settle": settle, "device": device}
                         result = check_model_run(_run_child(spec, timeout), records[n]["tensors"])
                     else:
-                        spec = {"kind": "loader", "key": e.key, "paths": paths[n], "device": "cpu",
+                        spec = {"kind": "loader", "key": e.key, "paths": paths[n], "device": device,
                                 "condition": condition, "threads": None, "settle": settle,
                                 "nbytes": records[n]["total_size"]}
                         result = check_state_dict_run(runner.run_worker(spec, timeout), expected[n],
@@ -439,6 +443,7 @@ def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: lis
         "schema": "safeload-bench-models/1",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": time.time() - started,
+        "device": device,
         "other_load_cores": runner._other_load(cpu_before, runner._cpu_seconds(), time.time() - started),
         "machine": runner.machine(),
         "packages": {**runner.package_versions(), "transformers": _version("transformers")},
@@ -479,7 +484,8 @@ def table(doc: dict) -> str:
     m = doc["model"]
     lines = [f"{m['tensors']} tensors, {m['tensor_bytes'] / 2**20:.1f} MiB "
              f"(Llama-style, bf16, hidden {m['hidden']}, {m['layers']} layers, vocab {m['vocab']:,}); "
-             f"{doc['rounds']} interleaved rounds, a fresh process per run; median s (min-max)"]
+             f"{doc['rounds']} interleaved rounds, a fresh process per run, device {doc.get('device', 'cpu')}; "
+             "median s (min-max)"]
     other = doc.get("other_load_cores")
     if other is not None and other > 0.25:
         lines.append(f"WARNING: other work kept {other:.2f} cores busy on average during the runs")
@@ -521,6 +527,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--condition", choices=["warm", "cold"], action="append",
                    help="page-cache condition, repeatable (default: warm and cold)")
     p.add_argument("--ways", help="comma-separated way keys to run (default: all; see --list)")
+    p.add_argument("--device", default="cpu", help="where the tensors and the model go (default cpu)")
     p.add_argument("--list", action="store_true", help="list the ways and whether each can run, then exit")
     p.add_argument("--dir", default=os.path.join("bench", "out", "llama-shards"),
                    help="where the checkpoints are written once and reused (default bench/out/llama-shards)")
@@ -551,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from safeload.bench.cli import Progress
 
-    available = ways()
+    available = ways(args.device)
     if args.list:
         for key, label, why in available:
             print(f"{key:26} {label:42} {'ok' if why is None else why}")
@@ -573,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     records = ensure_checkpoints(args.dir, args.shards, spec)
     progress = Progress(enabled=not args.no_progress and sys.stderr.isatty())
     doc = run(args.dir, records, keys=keys, conditions=args.condition or ["warm", "cold"],
-              rounds=args.rounds, settle=args.settle, timeout=args.timeout, on_run=progress)
+              rounds=args.rounds, settle=args.settle, timeout=args.timeout, on_run=progress, device=args.device)
     print(table(doc))
     if args.json:
         with open(args.json, "w") as f:
