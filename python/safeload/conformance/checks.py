@@ -89,22 +89,31 @@ def _mib(n: float) -> str:
     return f"{n / (1 << 20):.2f} MiB"
 
 
-def run_checks(loader: str, device: str, names: Sequence[str], cases: Sequence[Case], medium: Case | None, *,
-               timeout: float, workdir: str, python: str | None, log: Callable[[str], None],
-               not_run: list[tuple[str, str]]) -> Iterator[tuple[Case, bool | None, str, float]]:
-    """Yields (check case, passed, detail, seconds) per check run."""
+def runnable(loader: str, names: Sequence[str], have_medium: bool = True) -> list[str]:
+    """The named checks that can run for ``loader``: an executable testee serves one request
+    at a time, so the checks that need its tensors in the harness's process cannot."""
     from safeload.conformance.testee import is_exec
 
+    wanted = [n for n in CHECKS if n in names]
+    if is_exec(loader):
+        wanted = [n for n in wanted if n not in (THREAD_SAFETY, FILE_INDEPENDENCE)]
+    if not have_medium:
+        wanted = [n for n in wanted if n in (THREAD_SAFETY, FILE_INDEPENDENCE)]
+    return wanted
+
+
+def run_checks(loader: str, device: str, names: Sequence[str], cases: Sequence[Case], medium: Case | None, *,
+               timeout: float, workdir: str, python: str | None, log: Callable[[str], None],
+               not_run: list[tuple[str, str]],
+               on_start: Callable[[str], None] = lambda name: None) -> Iterator[tuple[Case, bool | None, str, float]]:
+    """Yields (check case, passed, detail, seconds) per check run; ``on_start(name)`` as each starts."""
     private = Path(workdir) / f"checks-{device.replace(':', '_')}"
     private.mkdir(parents=True, exist_ok=True)
-    executable = is_exec(loader)
-    wanted = [n for n in CHECKS if n in names]
-    if executable:
-        for n in (THREAD_SAFETY, FILE_INDEPENDENCE):
-            if n in wanted:
-                wanted.remove(n)
-                not_run.append((f"check.{n} [{device}]", "needs the tensors in the harness's process; "
-                                "an executable testee serves one request at a time"))
+    wanted = runnable(loader, names)
+    for n in CHECKS:
+        if n in names and n not in wanted:
+            not_run.append((f"check.{n} [{device}]", "needs the tensors in the harness's process; "
+                            "an executable testee serves one request at a time"))
 
     def copy(case: Case, tag: str = "") -> str:
         dst = private / f"{case.name}{tag}.safetensors"
@@ -117,13 +126,17 @@ def run_checks(loader: str, device: str, names: Sequence[str], cases: Sequence[C
     try:
         leak = [n for n in wanted if n.startswith("leak_")]
         if leak and medium is not None:
+            on_start("leaks")
             yield from _leaks(pool, device, leak, medium, copy(medium), timeout=timeout)
         if FILE_INDEPENDENCE in wanted:
+            on_start(FILE_INDEPENDENCE)
             yield _independence(pool, device, [c for c in _pick(cases, medium, 4) if c.expect == ACCEPT], copy,
                                 timeout=timeout)
         if THREAD_SAFETY in wanted:
+            on_start(THREAD_SAFETY)
             yield _threads(pool, device, _pick(cases, medium, THREADS), copy, timeout=timeout)
         if PROCESS_SAFETY in wanted and medium is not None:
+            on_start(PROCESS_SAFETY)
             yield _processes(pool, device, medium, copy(medium, ".shared"), timeout=timeout)
     finally:
         pool.close()

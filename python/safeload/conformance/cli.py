@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coverage", action="store_true",
                    help="print only the dtype coverage matrix of the valid cases (with --json -, as JSON on stdout)")
     p.add_argument("-v", "--verbose", action="store_true", help="also list expected failures and implementation-defined behaviour")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress on stderr (by default: a bar on a terminal, elsewhere a line every few seconds)")
+    p.add_argument("--progress-every", type=float, default=None, metavar="S",
+                   help="seconds between progress lines when stderr is not a terminal (default 5)")
     return p
 
 
@@ -110,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     elif upstream is not None:
         upstream = _spec(upstream)
 
+    from safeload.conformance.progress import EVERY_S, Progress
+
+    progress = Progress(sys.stderr, mode="quiet" if args.quiet else "auto",
+                        every=args.progress_every if args.progress_every is not None else EVERY_S)
+
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
@@ -131,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             upstream=upstream,
             python=args.python,
             log=log,
+            progress=progress,
         )
     except LoaderUnavailable as e:
         print(f"SKIPPED {args.loader}: {e}")

@@ -295,8 +295,10 @@ def _run_cases(
     ownership: bool = True,
     python: str | None = None,
     on_result: Callable[[Case, dict[str, Any] | None, str, float], None],
+    on_start: Callable[[Case], None] | None = None,
 ) -> None:
-    """Feed cases to ``jobs`` workers; report each (case, obs, failure, seconds)."""
+    """Feed cases to ``jobs`` workers; report each (case, obs, failure, seconds), and each
+    case as it starts to ``on_start``."""
     todo: queue.Queue[Case] = queue.Queue()
     for c in cases:
         todo.put(c)
@@ -317,6 +319,9 @@ def _run_cases(
                     worker = make_worker(loader, workdir, python)
                 copy = private / (case.name + ".safetensors")
                 shutil.copyfile(case.path, copy)
+                if on_start is not None:
+                    with lock:
+                        on_start(case)
                 t0 = time.monotonic()
                 obs, failure = worker.request(
                     {"path": str(copy), "device": device, "ownership": ownership, "sha256": case.sha256},
@@ -370,6 +375,7 @@ def run(
     upstream: str | None = None,
     python: str | None = None,
     log: Callable[[str], None] | None = None,
+    progress: Any = None,
 ) -> Report:
     """Run ``loader`` (a ``MODULE:FUNC`` spec, or ``exec:CMD`` for an
     executable testee) over ``cases`` on each device, plus:
@@ -384,11 +390,18 @@ def run(
       every case compared with that loader's, as information.
 
     ``python`` runs the loader's worker under another interpreter (e.g. a
-    virtual environment with another version of a peer). Raises
-    LoaderUnavailable if the loader cannot be imported."""
+    virtual environment with another version of a peer). ``progress`` (a
+    :class:`safeload.conformance.progress.Progress`) is told of each phase,
+    each case as it starts and each verdict; messages then go through it.
+    Raises LoaderUnavailable if the loader cannot be imported."""
     from safeload.conformance import checks as checks_mod
+    from safeload.conformance.progress import Progress
 
-    log = log or (lambda s: None)
+    progress = progress or Progress(mode="quiet")
+    if log is None:
+        log = lambda s: None  # noqa: E731
+    elif progress.mode != "quiet":
+        log = progress.log
     expected_failures = dict(expected_failures or {})
     unknown = sorted(set(checks) - set(checks_mod.CHECKS))
     if unknown:
@@ -403,9 +416,19 @@ def run(
 
             log(f"property cases: {property_cases} from seed {seed} (reproduce with --seed {seed})")
             generated_cases = properties.generate(seed, property_cases, Path(workdir) / "property")
+
+            def reference_cases(*args, on_result, **kwargs):
+                def done(*result):
+                    on_result(*result)
+                    progress.done()
+
+                _run_cases(*args, on_result=done, on_start=lambda c: progress.start(c.name), **kwargs)
+
+            progress.phase("reference verdicts", sum(1 for c in generated_cases if c.tensors is None))
             try:
                 all_cases += properties.with_reference_verdicts(
-                    generated_cases, reference, timeout=timeout, jobs=jobs, workdir=workdir, run_cases=_run_cases, log=log
+                    generated_cases, reference, timeout=timeout, jobs=jobs, workdir=workdir, run_cases=reference_cases,
+                    log=log
                 )
             except (LoaderUnavailable, WorkerStartError) as e:
                 log(f"reference loader {reference} unavailable, corrupted property cases skipped: {e}")
@@ -423,24 +446,30 @@ def run(
             if large:
                 log("writing the over-4-GiB case (--large)")
                 all_cases.append(gen.over_4gib_case(seed, gen_dir))
+        n_checks = len(checks_mod.runnable(loader, checks, medium is not None))
+        progress.phase("cases", (len(all_cases) + n_checks) * len(devices))
         for device in devices:
             def on_result(case: Case, obs: dict[str, Any] | None, failure: str, seconds: float,
                           device: str = device) -> None:
                 passed, detail, failed = judge_checks(case, device, obs, failure, strict_codes)
-                _record(report, expected_failures, case, device, passed, detail, failed, seconds, obs, log)
+                outcome = _record(report, expected_failures, case, device, passed, detail, failed, seconds, obs, log)
+                progress.done(failed=outcome in (FAILED, XPASS))
 
             _run_cases(loader, device, all_cases, timeout=timeout, jobs=jobs, workdir=workdir, python=python,
-                       on_result=on_result)
+                       on_result=on_result, on_start=lambda c, d=device: progress.start(f"{c.name} [{d}]"))
             if checks:
                 for case, passed, detail, seconds in checks_mod.run_checks(
                         loader, device, checks, all_cases, medium, timeout=timeout, workdir=workdir, python=python,
-                        log=log, not_run=report.not_run):
+                        log=log, not_run=report.not_run, on_start=lambda n, d=device: progress.start(f"check.{n} [{d}]")):
                     failed = {None: [case.name.removeprefix("check.")]} if passed is False else {}
-                    _record(report, expected_failures, case, device, passed, detail, failed, seconds, None, log)
+                    outcome = _record(report, expected_failures, case, device, passed, detail, failed, seconds, None,
+                                      log)
+                    progress.done(failed=outcome in (FAILED, XPASS))
         if upstream:
             report.upstream = upstream
             _compare_upstream(report, upstream, all_cases, devices[0], timeout=timeout, jobs=jobs, workdir=workdir,
-                              log=log)
+                              log=log, progress=progress)
+        progress.close()
         seen = {r.case.name for r in report.results}
         report.stale_expected = sorted(n for n in expected_failures if n not in seen)
     return report
@@ -448,7 +477,8 @@ def run(
 
 def _record(report: Report, expected_failures: dict[str, str], case: Case, device: str, passed: bool | None,
             detail: str, failed: dict[str | None, list[str]], seconds: float, obs: dict[str, Any] | None,
-            log: Callable[[str], None]) -> None:
+            log: Callable[[str], None]) -> str:
+    """Adds the verdict to the report; returns its outcome."""
     listed = case.name in expected_failures
     if passed is None:
         outcome = IMPL_DEFINED
@@ -464,10 +494,11 @@ def _record(report: Report, expected_failures: dict[str, str], case: Case, devic
                       observation=obs, failed_checks=failed))
     if outcome in (FAILED, XPASS):
         log(f"FAIL {case.name} [{device}]: {detail}")
+    return outcome
 
 
 def _compare_upstream(report: Report, upstream: str, cases: Sequence[Case], device: str, *, timeout: float,
-                      jobs: int, workdir: str, log: Callable[[str], None]) -> None:
+                      jobs: int, workdir: str, log: Callable[[str], None], progress: Any) -> None:
     """Information, not a verdict: where the loader's key order or error class
     differs from ``upstream``'s on the same files."""
     theirs: dict[str, dict[str, Any]] = {}
@@ -475,10 +506,13 @@ def _compare_upstream(report: Report, upstream: str, cases: Sequence[Case], devi
     def on_result(case: Case, obs: dict[str, Any] | None, failure: str, seconds: float) -> None:
         if obs is not None:
             theirs[case.name] = obs
+        progress.done()
 
+    compared = [c for c in cases if c.origin != "generated"]
+    progress.phase("upstream comparison", len(compared))
     try:
-        _run_cases(upstream, device, [c for c in cases if c.origin != "generated"], timeout=timeout, jobs=jobs,
-                   workdir=workdir, ownership=False, on_result=on_result)
+        _run_cases(upstream, device, compared, timeout=timeout, jobs=jobs, workdir=workdir, ownership=False,
+                   on_result=on_result, on_start=lambda c: progress.start(c.name))
     except (LoaderUnavailable, WorkerStartError) as e:
         report.not_run.append(("upstream comparison", f"{upstream} unavailable: {e}"))
         return
