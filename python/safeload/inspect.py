@@ -224,7 +224,8 @@ def _summary_lines(report: dict) -> Iterator[str]:
         name = os.path.basename(shard["path"]).ljust(width)
         if shard["valid"]:
             h = shard["header"]
-            yield f"  {name}  {len(h['tensors']):>6} tensors  {_human(h['data_length']):>10}  valid"
+            n = len(h["tensors"])
+            yield f"  {name}  {n:>6} tensor{'s' if n != 1 else ' '}  {_human(h['data_length']):>10}  valid"
         else:
             yield f"  {name}  INVALID ({shard['code']}): {shard['message']}"
 
