@@ -17,7 +17,8 @@ from safeload.conformance import cli
 from safeload.conformance.cases import ACCEPT, Case, ExpectedTensor, load_corpus
 from safeload.conformance.checks import CHECKS
 from safeload.conformance.report import FAILED, PASSED, XFAIL, Report, Result
-from safeload.conformance.runner import judge_checks, run
+from safeload.conformance.judge import judge_checks
+from safeload.conformance.runner import run
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"

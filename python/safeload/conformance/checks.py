@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from safeload.conformance.cases import ACCEPT, REJECT, Case
+from safeload.conformance.dispatch import make_worker
+from safeload.conformance.judge import compare, describe_error, judge
+from safeload.conformance.testee import is_exec
 
 LEAK_FDS, LEAK_THREADS, LEAK_MEMORY = "leak_fds", "leak_threads", "leak_memory"
 THREAD_SAFETY, PROCESS_SAFETY, FILE_INDEPENDENCE = "thread_safety", "process_safety", "file_independence"
@@ -78,8 +81,6 @@ def _judge_data(case: Case, device: str, obs: dict[str, Any] | None, failure: st
     """The verdict on what was loaded (names, dtypes, shapes, devices, bytes),
     without the per-tensor property checks: the main pass reports those, and
     a check must fail only for its own concern."""
-    from safeload.conformance.runner import judge
-
     if obs is not None and obs.get("checks"):
         obs = dict(obs, checks={})
     return judge(case, device, obs, failure, False)
@@ -92,8 +93,6 @@ def _mib(n: float) -> str:
 def runnable(loader: str, names: Sequence[str], have_medium: bool = True) -> list[str]:
     """The named checks that can run for ``loader``: an executable testee serves one request
     at a time, so the checks that need its tensors in the harness's process cannot."""
-    from safeload.conformance.testee import is_exec
-
     wanted = [n for n in CHECKS if n in names]
     if is_exec(loader):
         wanted = [n for n in wanted if n not in (THREAD_SAFETY, FILE_INDEPENDENCE)]
@@ -150,8 +149,6 @@ class _Pool:
         self.workers: list[Any] = []
 
     def get(self, i: int = 0) -> Any:
-        from safeload.conformance.runner import make_worker
-
         while len(self.workers) <= i:
             self.workers.append(None)
         if self.workers[i] is None or not self.workers[i].alive():
@@ -280,8 +277,6 @@ def _processes(pool: _Pool, device, medium: Case, path: str, *, timeout):
 
 
 def _independence(pool: _Pool, device, cases: list[Case], copy, *, timeout):
-    from safeload.conformance.runner import _compare, _describe_error
-
     t0 = time.monotonic()
     case = check_case(FILE_INDEPENDENCE, "tensors read after the file is replaced and unlinked")
     bad: list[str] = []
@@ -294,9 +289,9 @@ def _independence(pool: _Pool, device, cases: list[Case], copy, *, timeout):
         elif not obs["accepted"] and not obs.get("after_replace"):
             skipped.append(c.name)  # rejected before the check's concern: the main pass reports it
         elif not obs["accepted"]:
-            bad.append(f"{c.name}: reading the result after the file was replaced raised {_describe_error(obs)}")
+            bad.append(f"{c.name}: reading the result after the file was replaced raised {describe_error(obs)}")
         else:
-            diffs = [m for _, _, m in _compare(c, device, obs) if m]
+            diffs = [m for _, _, m in compare(c, device, obs) if m]
             if diffs:
                 bad.append(f"{c.name}: " + "; ".join(diffs[:3]))
     seconds = time.monotonic() - t0

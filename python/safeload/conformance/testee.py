@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from safeload.conformance.cases import TORCH_DTYPES, _PACKED_LAST_DIM
-from safeload.conformance.runner import ChildProcess
+from safeload.conformance.process import STARTUP_TIMEOUT, ChildProcess, WorkerStartError, package_root
 
 PROTOCOL = 1
 PREFIX = "exec:"
@@ -67,17 +67,13 @@ class ExecWorker(ChildProcess):
     noun = "testee"
     log_noun = "stderr"
 
-    def __init__(self, loader: str, log_dir: str, startup_timeout: float = 120.0):
-        from safeload.conformance.runner import WorkerStartError
-
+    def __init__(self, loader: str, log_dir: str, startup_timeout: float = STARTUP_TIMEOUT):
         self.loader = loader
         self._open_log(log_dir)
         self.out_dir = tempfile.mkdtemp(prefix="testee-out-", dir=log_dir)
         argv = command(loader)
-        from safeload.conformance.runner import _package_root
-
         env = dict(os.environ)  # so a testee written in Python finds this package
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root(), env.get("PYTHONPATH", "")) if p)
         with open(self.log_path, "wb") as log:
             try:
                 self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
