@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -58,9 +59,12 @@ def main() -> None:
             assert t.dtype == want.dtype and t.shape == want.shape, name
             if t.numel():  # bit patterns, so that NaNs compare
                 assert torch.equal(t.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8)), name
-        print(f"rank {rank}/{world}: {len(tensors)} tensors on {device}, read {report['bytes_read']:,} of "
-              f"{report['bytes_total']:,} bytes, exchanged {report['bytes_received']:,} in "
-              f"{report['seconds']:.2f} s; equal to safeload.load_checkpoint", flush=True)
+        # One write per line: the ranks share stdout, and with PYTHONUNBUFFERED a
+        # print of text and newline is two writes another rank can come between.
+        sys.stdout.write(f"rank {rank}/{world}: {len(tensors)} tensors on {device}, read {report['bytes_read']:,} "
+                         f"of {report['bytes_total']:,} bytes, exchanged {report['bytes_received']:,} in "
+                         f"{report['seconds']:.2f} s; equal to safeload.load_checkpoint\n")
+        sys.stdout.flush()
     finally:
         dist.destroy_process_group()
 
