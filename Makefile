@@ -13,6 +13,11 @@ APT_PACKAGES := cmake g++ nlohmann-json3-dev libgtest-dev clang-14 libclang-rt-1
 # environment gets the runtime ones, these extras and the build requirements.
 DEV_EXTRAS := test bench demo
 export PYTHONPATH := $(CURDIR)/python
+# Absolute paths made from CURDIR, not $(abspath): make splits words at spaces, and a
+# checkout may sit in a directory with one. Recipes quote them.
+absolute = $(if $(filter /%,$(firstword $(1))),$(1),$(CURDIR)/$(1))
+PY_ABS := $(call absolute,$(PY))
+BUILD_ABS := $(call absolute,$(BUILD))
 
 # Prints pyproject.toml's requirements except torch: the runtime dependencies,
 # the extras named as arguments, then the build requirements (with
@@ -46,17 +51,17 @@ test-python: build
 
 build: deps
 	@if [ ! -f $(BUILD)/CMakeCache.txt ]; then \
-	  cmake -S . -B $(BUILD) -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release; fi
+	  cmake -S . -B $(BUILD) -DPython3_EXECUTABLE="$(PY_ABS)" -DCMAKE_BUILD_TYPE=Release; fi
 	cmake --build $(BUILD) --parallel $(JOBS)
 	@$(MAKE) --no-print-directory develop
 
 # The C++ package as a consumer sees it: install it from $(BUILD) into a
 # prefix, build examples/cpp against it with find_package(safeload), run it.
-PKG_PREFIX := $(abspath $(BUILD))/prefix
+PKG_PREFIX := $(BUILD_ABS)/prefix
 EXAMPLE_BUILD := $(BUILD)/example
 EXAMPLE_CASE := y_dtype_all_in_one_file
 test-package: build
-	cmake --install $(BUILD) --prefix $(PKG_PREFIX) > $(BUILD)/install-package.log
+	cmake --install $(BUILD) --prefix "$(PKG_PREFIX)" > $(BUILD)/install-package.log
 	@if [ ! -f $(EXAMPLE_BUILD)/CMakeCache.txt ]; then \
 	  cmake -S examples/cpp -B $(EXAMPLE_BUILD) -DCMAKE_BUILD_TYPE=Release \
 	    -DCMAKE_PREFIX_PATH="$(PKG_PREFIX);$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
@@ -72,7 +77,10 @@ system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages: $$missing"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	  if [ -n "$$SUDO" ] && ! sudo -n true 2>/dev/null; then \
+	    echo "make needs these system packages and cannot install them as $$(id -un) (no password-less sudo):" \
+	      "$$missing. Install them as root: apt-get install $$missing" >&2; exit 1; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
@@ -90,8 +98,12 @@ $(VENV)/.deps-installed: Makefile pyproject.toml
 # `import safeload` and $(VENV)/bin/safeload work from any directory without
 # PYTHONPATH, and SAFELOAD_PATCH=1 works as in an installed package. Python
 # reads .pth files in name order: the source tree's comes before the hook's.
+# The command starts as a shell script that execs the interpreter (a #! line
+# cannot hold a path with a space), as pip's own launchers do.
 define DEVELOP_SCRIPT
-#!$(abspath $(PY))
+#!/bin/sh
+'''exec' "$(PY_ABS)" "$$0" "$$@"
+' '''
 import sys
 from safeload.cli import main
 sys.exit(main())
@@ -109,14 +121,14 @@ develop: venv
 # safetensors 0.9 cannot share the environment with the pinned 0.8, so it gets
 # one of its own (same Python and torch), which the benchmark is told about.
 BENCH_PEERS := fastsafetensors runai-model-streamer instanttensor
-BENCH_ST09 := $(abspath $(BUILD))/bench-st09
+BENCH_ST09 := $(BUILD_ABS)/bench-st09
 bench: build
 	$(PY) -m pip install -q --disable-pip-version-check $(BENCH_PEERS) matplotlib torch==$(TORCH_VERSION) \
 	  || echo "some peer loaders could not be installed; they will be listed as not installed"
-	test -x $(BENCH_ST09)/bin/python || $(PYTHON) -m venv $(BENCH_ST09)
-	$(BENCH_ST09)/bin/python -m pip install -q --disable-pip-version-check "safetensors>=0.9.0rc1,<0.10" numpy \
+	test -x "$(BENCH_ST09)/bin/python" || $(PYTHON) -m venv "$(BENCH_ST09)"
+	"$(BENCH_ST09)/bin/python" -m pip install -q --disable-pip-version-check "safetensors>=0.9.0rc1,<0.10" numpy \
 	  torch==$(TORCH_VERSION) || echo "safetensors 0.9 could not be installed; its rows will say so"
-	$(PY) -m safeload bench --size 4GiB --cache-dir bench/out --python st09=$(BENCH_ST09)/bin/python \
+	$(PY) -m safeload bench --size 4GiB --cache-dir bench/out --python "st09=$(BENCH_ST09)/bin/python" \
 	  --json bench/results/cpu.json --plot bench/results/cpu.png
 
 # Builds and installs the package the way users do, into a fresh environment
@@ -125,20 +137,20 @@ bench: build
 # declares and nothing else. Then, from outside the source tree: the installed
 # command with the packaged corpus and property-based cases, a load, and the
 # SAFELOAD_PATCH=1 start-up hook (with upstream safetensors installed beside it).
-INSTALL_ENV := $(abspath $(BUILD))/install-check
+INSTALL_ENV := $(BUILD_ABS)/install-check
 INSTALL_PY := $(INSTALL_ENV)/bin/python
 install-check: system-deps
-	rm -rf $(INSTALL_ENV) && $(PYTHON) -m venv $(INSTALL_ENV)
-	$(INSTALL_PY) -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION)
-	$(INSTALL_PY) -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION) \
+	rm -rf "$(INSTALL_ENV)" && $(PYTHON) -m venv "$(INSTALL_ENV)"
+	"$(INSTALL_PY)" -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION)
+	"$(INSTALL_PY)" -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION) \
 	  $$(python3 -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
-	PYTHONPATH= $(INSTALL_PY) -m pip install -q --disable-pip-version-check --no-build-isolation . torch==$(TORCH_VERSION)
-	set -o pipefail; cd /tmp && PYTHONPATH= $(INSTALL_ENV)/bin/safeload conform --loader safeload_fast --property-cases 20 | tail -3
-	cd /tmp && PYTHONPATH= $(INSTALL_PY) -c \
+	PYTHONPATH= "$(INSTALL_PY)" -m pip install -q --disable-pip-version-check --no-build-isolation . torch==$(TORCH_VERSION)
+	set -o pipefail; cd /tmp && PYTHONPATH= "$(INSTALL_ENV)/bin/safeload" conform --loader safeload_fast --property-cases 20 | tail -3
+	cd /tmp && PYTHONPATH= "$(INSTALL_PY)" -c \
 	  "import safeload, torch; print('installed', safeload.__file__, 'torch', torch.__version__)"
-	test -f "$$($(INSTALL_PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/safeload-autopatch.pth"
-	$(INSTALL_PY) -m pip install -q --disable-pip-version-check safetensors torch==$(TORCH_VERSION)
-	cd /tmp && PYTHONPATH= SAFELOAD_PATCH=1 $(INSTALL_PY) -c $(AUTOPATCH_CHECK) $(abspath fixtures/corpus/$(EXAMPLE_CASE).safetensors)
+	test -f "$$("$(INSTALL_PY)" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/safeload-autopatch.pth"
+	"$(INSTALL_PY)" -m pip install -q --disable-pip-version-check safetensors torch==$(TORCH_VERSION)
+	cd /tmp && PYTHONPATH= SAFELOAD_PATCH=1 "$(INSTALL_PY)" -c $(AUTOPATCH_CHECK) "$(CURDIR)/fixtures/corpus/$(EXAMPLE_CASE).safetensors"
 
 # Importing safetensors.torch must have patched it, and a load through it must
 # be served by safeload (safeload.patch the module; the package's `patch` is the function).

@@ -57,3 +57,41 @@ MALFORMED = {
     "UNKNOWN_FIELD": (b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":"y"}}', b"a"),
     "UNSUPPORTED_DTYPE": (b'{"a":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}}', b"abc"),
 }
+
+
+def evictable_dir(tmp_path_factory, name: str) -> str:
+    """A fresh directory on a file system whose files can leave the page cache (and so be
+    read cold): the run's temporary directory, or where that is tmpfs (which holds files in
+    the page cache: TMPDIR=/dev/shm/...) /var/tmp or the checkout's build directory. Skips
+    the test, saying why, where there is none."""
+    import os
+    import tempfile
+
+    import pytest
+
+    from safeload.bench import cache
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [str(tmp_path_factory.mktemp(name)), "/var/tmp", os.path.join(here, "..", "..", "build")]
+    for base in candidates:
+        if not os.path.isdir(base) or not os.access(base, os.W_OK):
+            continue
+        d = base
+        if base != candidates[0]:
+            import atexit
+            import shutil
+
+            d = tempfile.mkdtemp(prefix=f"safeload-{name}-", dir=base)
+            atexit.register(shutil.rmtree, d, True)
+        probe = os.path.join(d, ".evict_probe")
+        with open(probe, "wb") as f:
+            f.write(b"\1" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+        cache.evict(probe)
+        resident = cache.resident_fraction(probe)
+        os.unlink(probe)
+        if resident is not None and resident < 0.5:
+            return d
+    pytest.skip("no directory here is on a file system that can drop a file from the page cache "
+                f"(tried {', '.join(candidates)}): a cold read cannot be made")

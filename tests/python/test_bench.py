@@ -15,7 +15,9 @@ TINY = 4 << 20
 
 @pytest.fixture(scope="module")
 def tiny_file(tmp_path_factory) -> str:
-    return str(model.ensure_file(TINY, tmp_path_factory.mktemp("bench")))
+    from helpers import evictable_dir
+
+    return str(model.ensure_file(TINY, evictable_dir(tmp_path_factory, "bench")))
 
 
 def test_plan_keeps_qwen3_8b_shapes_at_full_width():

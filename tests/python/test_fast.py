@@ -152,7 +152,7 @@ def _supports_o_direct(path: str) -> bool:
         return False
 
 
-def test_cold_file_loads_through_the_uncached_path(tmp_path):
+def test_cold_file_loads_through_the_uncached_path(tmp_path_factory):
     """A file evicted from the page cache is read with O_DIRECT by default (io="auto"),
     tensors at offsets no block boundary matches included; bytes equal upstream's. The
     load report says which path ran: the evicted file's reads bypass the page cache,
@@ -168,7 +168,9 @@ def test_cold_file_loads_through_the_uncached_path(tmp_path):
         "mid": torch.randn(4097, dtype=torch.float64, generator=gen),
         "bf": torch.randn(300_001, generator=gen).to(torch.bfloat16),
     }
-    path = str(tmp_path / "cold.safetensors")
+    from helpers import evictable_dir
+
+    path = os.path.join(evictable_dir(tmp_path_factory, "cold"), "cold.safetensors")
     upstream.save_file(tensors, path)
     if not _supports_o_direct(path):
         pytest.skip("the file system of the temporary directory has no O_DIRECT")
