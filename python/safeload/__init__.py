@@ -11,25 +11,40 @@ against.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional  # noqa: F401
 
 import torch  # noqa: F401  (loads libtorch before the extension module)
 
-from safeload import _C, _loading
-from safeload._device import DeviceLike, device_string
-from safeload._errors import SafetensorError
+from safeload import _extension
+
+# The compiled extension, or a stand-in that raises ExtensionMissing (an ImportError) when
+# used: the conformance harness imports this package and runs without the extension.
+_C = _extension.load()
+
+from safeload import _loading  # noqa: E402
+from safeload._device import DeviceLike, device_string  # noqa: E402
+from safeload._errors import SafetensorError  # noqa: E402
 
 __all__ = ["load_file", "load", "load_checkpoint", "safe_open", "patch", "unpatch", "read_header",
            "SafetensorError", "DTYPES", "ERROR_CODES"]
 __version__ = "0.1.0"
 
-#: The format's dtypes and their sizes in bits, from safeload's one dtype table.
-DTYPES: Dict[str, int] = dict(_C.dtype_table())
-#: Every stable value of ``SafetensorError.code``.
-ERROR_CODES = tuple(_C.error_codes())
 
-#: The format's limits and the load options' bounds, from the C++ core.
-LIMITS: Dict[str, int] = dict(_C.constants())
+def __getattr__(name: str):
+    # Read from the C++ core when first asked for, so that importing the package needs no
+    # extension: DTYPES (the format's dtypes and their sizes in bits, from safeload's one
+    # dtype table), ERROR_CODES (every stable value of SafetensorError.code), LIMITS (the
+    # format's limits and the load options' bounds).
+    if name == "DTYPES":
+        value: object = dict(_C.dtype_table())
+    elif name == "ERROR_CODES":
+        value = tuple(_C.error_codes())
+    elif name == "LIMITS":
+        value = dict(_C.constants())
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def load_file(

@@ -33,8 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     if command not in _COMMANDS:
         print(f"safeload: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(_COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    from safeload._extension import ExtensionMissing
+
+    try:
+        module = importlib.import_module(_COMMANDS[command][0])
+        return int(module.main(rest) or 0)
+    except ExtensionMissing as e:  # every command but conform needs the compiled extension
+        print(f"safeload {command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ bf16, prints its header, loads it with the reference and the fast loader,
 and checks every tensor byte for byte against upstream ``safetensors`` and
 against what was written. Then writes the same tensors as a sharded
 checkpoint and loads it in one call, loads a small transformers model
-through ``safeload.patch()``, runs the conformance suite on both loaders and
+through ``safeload.patch()``, runs the conformance suite on both loaders (the fast one
+through every surface: load_file, load, safe_open, get_slice) and
 a short benchmark.
 """
 from __future__ import annotations
@@ -99,10 +100,11 @@ def main(argv: list[str]) -> int:
         except ImportError as e:
             print(f"\n(conformance harness not available: {e})")
         else:
-            for loader in ("safeload.conformance.adapters.safeload_fast:load_file",
-                           "safeload.conformance.adapters.safeload_reference:load_file"):
-                _step(f"safeload conform --loader {loader}")
-                rc = conform_cli.main(["--loader", loader, "--property-cases", "50"])
+            # safeload fast through every surface (load_file, load, safe_open, get_slice), the
+            # reference loader through load_file, which is all it has.
+            for loader in ("safeload_fast", "safeload_reference"):
+                _step(f"safeload conform --loader {loader} --property-cases 50 --index-cases 50")
+                rc = conform_cli.main(["--loader", loader, "--property-cases", "50", "--index-cases", "50"])
                 if rc != 0:
                     print(f"conformance failed for {loader}", file=sys.stderr)
                     return rc

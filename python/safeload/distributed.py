@@ -121,10 +121,13 @@ def load_checkpoint(src, device: DeviceLike = "cpu", *, group: Optional[dist.Pro
     ``mode="shard"``: ``shards`` maps a tensor name to the part this rank
     keeps: ``(dim, start, stop)`` or a callable ``(rank, world, shape) ->
     (dim, start, stop)`` (``split(dim)`` cuts ``dim`` evenly), ``rank`` and
-    ``world`` being the group's. The result is the tensor indexed with
-    ``start:stop`` along ``dim`` (``None`` ends and negative values as in
-    Python), equal to ``safe_open(file).get_slice(name)[:, ..., start:stop]``
-    with ``dim`` full slices before it, and reading only those bytes:
+    ``world`` being the group's and ``shape`` the header's (what
+    ``get_slice(name).get_shape()`` gives: F4 in values, two to a byte along
+    its last dimension, where a shard must then start and stop at even
+    values). The result is the tensor indexed with ``start:stop`` along
+    ``dim`` (``None`` ends and negative values as in Python), equal to
+    ``safe_open(file).get_slice(name)[:, ..., start:stop]`` with ``dim`` full
+    slices before it, and reading only those bytes:
     one read for a slice of dimension 0, one per row of the dimensions
     before ``dim`` otherwise. No bytes are exchanged. Tensors not named in
     ``shards`` are loaded whole by every rank (replicated).
@@ -569,28 +572,39 @@ def _torch_layout(name: str, dtype: str, shape: List[int], path: str = "") -> Tu
 
 
 def _resolve_slices(p: _Prepared, shards: Mapping[str, ShardSpec], rank: int, world: int):
-    """name -> (dim, start, stop) normalised against the torch shape, as
-    indexing the loaded tensor with ``start:stop`` along ``dim`` would."""
+    """name -> (dim, start, stop) in the torch layout's units, from specs in the header's
+    shape (what ``get_slice(name).get_shape()`` gives), clamped as Python and torch clamp
+    ``start:stop``. F4 holds two values to a byte along its last dimension: a shard of it
+    there must start and stop at even values."""
     infos = {t[0]: t for h in p.headers for t in h["tensors"]}
     slices = {}
     for name, spec in shards.items():
         if name not in infos:
             raise KeyError(f"shards names tensor '{name}', which the checkpoint does not hold")
         _, dtype, shape, _, _ = infos[name]
-        _, tshape = _torch_layout(name, dtype, shape)
+        _, tshape = _torch_layout(name, dtype, shape)  # raises for a dtype torch lacks
+        shape = list(shape)
         if callable(spec):
-            spec = spec(rank, world, list(tshape))
+            spec = spec(rank, world, list(shape))
         if not isinstance(spec, (tuple, list)) or len(spec) != 3:
             raise TypeError(f"the shard of '{name}' must be (dim, start, stop), not {spec!r}")
         dim, start, stop = spec
         for what, v in (("dim", dim), ("start", start), ("stop", stop)):
             if (isinstance(v, bool) or not isinstance(v, int)) and not (v is None and what != "dim"):
                 raise TypeError(f"the shard of '{name}': {what} must be an int, not {v!r}")
-        if not -len(tshape) <= dim < len(tshape):
-            raise IndexError(f"the shard of '{name}': dimension {dim} is out of range for shape {tshape}")
-        dim %= len(tshape)
-        s, e, _ = slice(start, stop).indices(tshape[dim])  # Python's (and torch's) clamping
-        slices[name] = (dim, s, max(s, e))
+        if not -len(shape) <= dim < len(shape):
+            raise IndexError(f"the shard of '{name}': dimension {dim} is out of range for shape {shape}")
+        dim %= len(shape)
+        s, e, _ = slice(start, stop).indices(shape[dim])  # Python's (and torch's) clamping
+        e = max(s, e)
+        per_element = shape[dim] // tshape[dim] if tshape[dim] else 1
+        if per_element > 1:
+            if s % per_element or e % per_element:
+                raise ValueError(f"the shard of '{name}' ({dtype}) along dimension {dim} is values {s} to {e}: "
+                                 f"{dtype} holds {per_element} values to a byte there, so a shard must start "
+                                 f"and stop at a multiple of {per_element}")
+            s, e = s // per_element, e // per_element
+        slices[name] = (dim, s, e)
     return slices
 
 

@@ -33,7 +33,10 @@ with the same results and errors: upstream indexes a torch tensor viewing
 the file, so every index torch accepts (ints, slices with positive steps,
 ``...``, ``None``, index lists and tensors) works, and everything torch
 rejects raises torch's error (``IndexError``, ``ValueError`` for a step
-below 1, ``TypeError``).
+below 1, ``TypeError``). An F4 tensor is indexed in values, as
+``get_shape()`` counts them (torch packs two to a byte along the last
+dimension); a slice leaving an odd number of values in the last dimension
+raises ValueError.
 
 ``backend`` (``"mmap"``, ``"pread"`` or None) is accepted for compatibility
 and does not change how safeload reads; any other value is
@@ -85,6 +88,24 @@ def _whole(index: Any, ndim: int) -> bool:
     return ellipses <= 1 and full_slices <= ndim
 
 
+def _index_pairs(packed: torch.Tensor, index: Any) -> torch.Tensor:
+    """``index`` applied to an F4 tensor in values, the shape ``get_shape()`` gives: torch holds
+    F4 as ``float4_e2m1fn_x2``, value ``2k`` in the low four bits of byte ``k`` along the last
+    dimension. The values are taken apart, indexed, and put back two to a byte; a selection
+    whose last dimension holds an odd number of values (or a single value) has no such form:
+    ValueError."""
+    raw = packed.view(torch.uint8) if packed.numel() else torch.empty(packed.shape, dtype=torch.uint8,
+                                                                         device=packed.device)
+    values = torch.stack((raw & 0xF, raw >> 4), dim=-1).flatten(-2)
+    part = values[index]
+    if part.dim() == 0 or part.shape[-1] % 2:
+        what = "a single value" if part.dim() == 0 else f"{part.shape[-1]} values along the last dimension"
+        raise ValueError(f"this F4 slice selects {what}; torch's float4_e2m1fn_x2 holds F4 values two to a byte, "
+                         "so a slice must leave an even number of them in the last dimension")
+    pairs = part.unflatten(-1, (part.shape[-1] // 2, 2))
+    return (pairs[..., 0] | (pairs[..., 1] << 4)).view(packed.dtype)
+
+
 class SafeSlice:
     """``safe_open.get_slice(name)``: dtype and shape from the header; data
     read when indexed."""
@@ -111,7 +132,7 @@ class SafeSlice:
             part = handle._take(self._name)
         else:
             full = handle._take(self._name, keep=True)
-            part = full[index]
+            part = _index_pairs(full, index) if self._dtype == "F4" else full[index]
             if part.numel() and part.untyped_storage().data_ptr() == full.untyped_storage().data_ptr():
                 # A view: copy the part so that it does not keep the whole tensor alive.
                 part = part.clone(memory_format=torch.contiguous_format)

@@ -217,3 +217,16 @@ def test_writer_sizes_and_contents():
     assert deterministic_bytes("x", 40) == deterministic_bytes("x", 40)[:40]
     assert deterministic_bytes("x", 40)[:32] == hashlib.sha256(b"x" + bytes(8)).digest()
     assert set(tensor_bytes("s", "BOOL", (64,))) == {0, 1}
+
+
+def test_the_harness_format_table_agrees_with_the_cpp_core():
+    """The writer and the harness state the format themselves (safeload.testing.format), so
+    they run without the compiled core and a fault in it cannot hide from them; this is where
+    the two statements meet."""
+    from safeload import _C
+    from safeload.testing import format
+
+    assert list(format.DTYPE_BITS.items()) == [(name, bits) for name, bits in _C.dtype_table()]
+    constants = _C.constants()
+    assert format.MAX_HEADER_LENGTH == constants["max_header_length"]
+    assert format.MAX_JSON_DEPTH == constants["max_json_depth"]

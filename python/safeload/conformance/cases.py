@@ -90,7 +90,12 @@ class Case:
     tensors: dict[str, ExpectedTensor] | None = None
     observed: dict[str, dict[str, Any]] | None = None  # torch-side expectation (dtype, shape, sha256)
     error: str | None = None
-    origin: str = "corpus"  # "corpus" or "property"
+    origin: str = "corpus"  # "corpus", "property", "generated" or "check"
+    # The surface the case goes through (see safeload.conformance.surfaces), the request the
+    # worker gets beyond path and device (None: a load), and a line that reproduces it.
+    surface: str = "load_file"
+    request: dict[str, Any] | None = None
+    reproducer: str = ""
 
     def dtypes(self) -> set[str]:
         return {t.dtype for t in (self.tensors or {}).values()}
@@ -122,7 +127,7 @@ def load_corpus(directory: str | os.PathLike | None = None, patterns: Sequence[s
         raise ValueError(f"{root / 'manifest.json'}: unsupported manifest format {manifest.get('format')!r}")
     cases = []
     for name, e in manifest["cases"].items():
-        if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+        if patterns and not any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
         tensors = None
         if e.get("tensors") is not None:

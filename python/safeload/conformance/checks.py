@@ -17,6 +17,12 @@ failure like any case).
 - ``file_independence``: once the call has returned, the file is replaced (a
   new file renamed over it, as re-saving a checkpoint does) and unlinked;
   only then are the tensors read, and they must hold the original bytes.
+
+Each check runs through one surface: ``load_file`` (named ``check.<name>``), or
+``safe_open`` (``safe_open:check.<name>``: a handle opened, every tensor taken by
+``get_tensor``, the handle closed). Each is bounded by the run's timeout as a
+whole: a loader that hangs anywhere inside one fails that check, and the run
+goes on.
 """
 from __future__ import annotations
 
@@ -48,8 +54,9 @@ PROCESS_ROUNDS = 2
 PREFERRED = ("y_dtype_all_in_one_file", "y_many_tensors", "y_odd_alignment", "y_dtype_BF16", "n_truncated_data")
 
 
-def check_case(name: str, why: str) -> Case:
-    return Case(name=f"check.{name}", path="", expect=ACCEPT, why=why, origin="check")
+def check_case(name: str, why: str, surface: str = "load_file") -> Case:
+    prefix = "" if surface == "load_file" else f"{surface}:"
+    return Case(name=f"{prefix}check.{name}", path="", expect=ACCEPT, why=why, origin="check", surface=surface)
 
 
 def _usage(pid: int) -> dict[str, int]:
@@ -103,16 +110,17 @@ def runnable(loader: str, names: Sequence[str], have_medium: bool = True) -> lis
 
 def run_checks(loader: str, device: str, names: Sequence[str], cases: Sequence[Case], medium: Case | None, *,
                timeout: float, workdir: str, python: str | None, log: Callable[[str], None],
-               not_run: list[tuple[str, str]],
+               not_run: list[tuple[str, str]], surface: str = "load_file",
                on_start: Callable[[str], None] = lambda name: None) -> Iterator[tuple[Case, bool | None, str, float]]:
-    """Yields (check case, passed, detail, seconds) per check run; ``on_start(name)`` as each starts."""
-    private = Path(workdir) / f"checks-{device.replace(':', '_')}"
+    """Yields (check case, passed, detail, seconds) per check run through ``surface``;
+    ``on_start(name)`` as each starts."""
+    private = Path(workdir) / f"checks-{device.replace(':', '_')}-{surface}"
     private.mkdir(parents=True, exist_ok=True)
     wanted = runnable(loader, names)
     for n in CHECKS:
         if n in names and n not in wanted:
-            not_run.append((f"check.{n} [{device}]", "needs the tensors in the harness's process; "
-                            "an executable testee serves one request at a time"))
+            not_run.append((f"{check_case(n, '', surface).name} [{device}]", "needs the tensors in the harness's "
+                            "process; an executable testee serves one request at a time"))
 
     def copy(case: Case, tag: str = "") -> str:
         dst = private / f"{case.name}{tag}.safetensors"
@@ -121,7 +129,7 @@ def run_checks(loader: str, device: str, names: Sequence[str], cases: Sequence[C
 
     # One worker serves the leak check (first, while fresh), then the
     # independence and thread checks, then joins the process check.
-    pool = _Pool(loader, workdir, python)
+    pool = _Pool(loader, workdir, python, surface)
     try:
         leak = [n for n in wanted if n.startswith("leak_")]
         if leak and medium is not None:
@@ -144,9 +152,16 @@ def run_checks(loader: str, device: str, names: Sequence[str], cases: Sequence[C
 class _Pool:
     """Workers for the checks, started on demand, replaced when one dies."""
 
-    def __init__(self, loader: str, workdir: str, python: str | None):
-        self.loader, self.workdir, self.python = loader, workdir, python
+    def __init__(self, loader: str, workdir: str, python: str | None, surface: str = "load_file"):
+        self.loader, self.workdir, self.python, self.surface = loader, workdir, python, surface
         self.workers: list[Any] = []
+
+    def case(self, name: str, why: str) -> Case:
+        return check_case(name, why, self.surface)
+
+    def request(self, i: int, msg: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str]:
+        """Worker ``i``'s answer to ``msg`` through this pool's surface, within ``timeout``."""
+        return self.get(i).request(dict(msg, surface=self.surface), max(1.0, timeout))
 
     def get(self, i: int = 0) -> Any:
         while len(self.workers) <= i:
@@ -189,22 +204,26 @@ class _Pool:
 
 def _leaks(pool: _Pool, device, names, medium: Case, path: str, *, timeout):
     t0 = time.monotonic()
-    worker = pool.get()
+    deadline = t0 + timeout
     results: list[tuple[Case, bool | None, str, float]] = []
     samples = []
     for i in range(WARMUP_CALLS + MEASURED_CALLS):
         if i == WARMUP_CALLS:
-            samples.append(_usage(worker.pid))
-        obs, failure = worker.request({"path": path, "device": device, "ownership": False}, timeout)
+            samples.append(_usage(pool.get().pid))
+        obs, failure = pool.request(0, {"path": path, "device": device, "ownership": False},
+                                    deadline - time.monotonic())
         passed, detail = _judge_data(medium, device, obs, failure)
         if not passed:
             why = f"call {i + 1} of the same file failed: {detail}"
+            if obs is None and time.monotonic() >= deadline:
+                why = (f"{WARMUP_CALLS + MEASURED_CALLS} loads of {medium.name} did not finish within the "
+                       f"{timeout:g} s timeout (call {i + 1}: {detail})")
             for n in names:
-                results.append((check_case(n, "repeated loads"), False, why, time.monotonic() - t0))
+                results.append((pool.case(n, "repeated loads"), False, why, time.monotonic() - t0))
             if obs is None:
                 pool.discard(0)
             return iter(results)
-    samples.append(_usage(worker.pid))
+    samples.append(_usage(pool.get().pid))
     seconds = time.monotonic() - t0
     before, after = samples
     data_bytes = sum(t.nbytes for t in (medium.tensors or {}).values())
@@ -219,17 +238,16 @@ def _leaks(pool: _Pool, device, names, medium: Case, path: str, *, timeout):
         grew = per_call[key] > limits[key]
         detail = (f"{label} {fmt(per_call[key])} per call {span} (from {before[key]} to {after[key]}"
                   f"{' bytes' if key == 'rss' else ''}; tolerance {fmt(limits[key])} per call)")
-        results.append((check_case(n, "repeated loads of one file"), not grew, detail, seconds))
+        results.append((pool.case(n, "repeated loads of one file"), not grew, detail, seconds))
     return iter(results)
 
 
 def _threads(pool: _Pool, device, cases: list[Case], copy, *, timeout):
     t0 = time.monotonic()
-    case = check_case(THREAD_SAFETY, "concurrent loads from threads")
+    case = pool.case(THREAD_SAFETY, "concurrent loads from threads")
     paths = [copy(c) for c in cases]
-    n_calls = len(paths) + THREAD_ROUNDS * THREADS
-    obs, failure = pool.get().request({"op": "threads", "paths": paths, "device": device, "threads": THREADS,
-                                       "rounds": THREAD_ROUNDS}, timeout * n_calls)
+    obs, failure = pool.request(0, {"op": "threads", "paths": paths, "device": device, "threads": THREADS,
+                                    "rounds": THREAD_ROUNDS}, timeout)
     if obs is None:
         pool.discard(0)
     seconds = time.monotonic() - t0
@@ -245,17 +263,18 @@ def _threads(pool: _Pool, device, cases: list[Case], copy, *, timeout):
 
 def _processes(pool: _Pool, device, medium: Case, path: str, *, timeout):
     t0 = time.monotonic()
-    case = check_case(PROCESS_SAFETY, "concurrent loads of one file from processes")
+    case = pool.case(PROCESS_SAFETY, "concurrent loads of one file from processes")
     bad: list[str] = []
     try:
         pool.start(PROCESSES)
     except Exception as e:
         return case, False, f"could not start {PROCESSES} workers: {e}", time.monotonic() - t0
+    deadline = time.monotonic() + timeout  # for the loads, once the workers have started
     for r in range(PROCESS_ROUNDS):
         got: dict[int, tuple[Any, str]] = {}
 
         def one(i: int) -> None:
-            got[i] = pool.get(i).request({"path": path, "device": device, "ownership": False}, timeout)
+            got[i] = pool.request(i, {"path": path, "device": device, "ownership": False}, deadline - time.monotonic())
 
         ts = [threading.Thread(target=one, args=(i,)) for i in range(PROCESSES)]
         for t in ts:
@@ -278,11 +297,13 @@ def _processes(pool: _Pool, device, medium: Case, path: str, *, timeout):
 
 def _independence(pool: _Pool, device, cases: list[Case], copy, *, timeout):
     t0 = time.monotonic()
-    case = check_case(FILE_INDEPENDENCE, "tensors read after the file is replaced and unlinked")
+    case = pool.case(FILE_INDEPENDENCE, "tensors read after the file is replaced and unlinked")
+    deadline = t0 + timeout
     bad: list[str] = []
     skipped: list[str] = []
     for c in cases:
-        obs, failure = pool.get().request({"op": "independence", "path": copy(c, ".indep"), "device": device}, timeout)
+        obs, failure = pool.request(0, {"op": "independence", "path": copy(c, ".indep"), "device": device},
+                                    deadline - time.monotonic())
         if obs is None:
             bad.append(f"{c.name}: {failure}")
             pool.discard(0)

@@ -2,7 +2,8 @@
 
 Exit status: 0 if nothing unexpected happened (or the loader's package is not
 installed and it was skipped), 1 on any failure or unexpected pass, 2 on a
-usage error or a loader that cannot start.
+usage error or a loader that cannot start, 130 when stopped by Ctrl-C or
+SIGTERM (the report of what was done is printed first).
 """
 from __future__ import annotations
 
@@ -26,12 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--loader", required=True,
-                   help="MODULE:FUNC (MODULE may be a path to a .py file), or a shipped adapter's name")
+                   help="MODULE:FUNC (its load_file alone), MODULE (every surface it defines: load_file, load, "
+                        "safe_open; MODULE may be a path to a .py file), exec:CMD, or a shipped adapter's name")
     p.add_argument("--device", action="append", dest="devices",
                    help="device to load onto (repeatable; default cpu)")
     p.add_argument("--cases", help="corpus directory holding manifest.json (default: the bundled corpus)")
     p.add_argument("-k", "--select", action="append", default=[], metavar="PATTERN",
-                   help="run only corpus cases whose name matches this glob (repeatable)")
+                   help="run only the cases whose name matches this glob (repeatable): corpus files, through "
+                        "every surface, or a surface's case such as 'get_slice:*f4_2d*'")
     p.add_argument("--expected-failures", metavar="FILE", help="expected-failure list ('NAME  # reason' per line)")
     p.add_argument("--json", metavar="OUT", help="write a machine-readable report here ('-': stdout)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per case before it counts as a hang")
@@ -39,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--property-cases", type=int, default=200, metavar="N",
                    help="Hypothesis-generated cases to add (default 200; 0 disables)")
     p.add_argument("--seed", type=int, default=0, help="seed of the property-based cases (default 0)")
+    p.add_argument("--index-cases", type=int, default=100, metavar="N",
+                   help="get_slice indexes drawn by Hypothesis, beside the fixed corner cases (default 100)")
     p.add_argument("--reference", default="safeload_reference",
                    help="loader whose verdicts the corrupted property cases expect (default: safeload's reference)")
     p.add_argument("--strict-codes", action="store_true",
@@ -92,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"safeload conform: unknown checks {unknown}; known: {', '.join(CHECKS)}", file=sys.stderr)
             return 2
     try:
-        cases = load_corpus(args.cases, args.select)
+        # A surface's pattern ("load:y_*", "get_slice:*") selects among that surface's cases.
+        corpus_patterns = [p.split(":", 1)[1] if ":" in p else p for p in args.select]
+        cases = load_corpus(args.cases, corpus_patterns)
         xfail = load_expected_failures(args.expected_failures)
     except (OSError, ValueError, ExpectedFailuresError) as e:
         print(f"safeload conform: {e}", file=sys.stderr)
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.coverage:  # only what says something about dtypes
         cases = [c for c in cases if c.expect == ACCEPT]
         checks = []
-    if not cases and args.property_cases <= 0 and not args.generated:
+    if not cases and args.property_cases <= 0 and not args.generated and not any(":" in p for p in args.select):
         print("safeload conform: no cases selected", file=sys.stderr)
         return 2
     upstream = None if args.upstream == "none" or args.coverage else args.upstream
@@ -122,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    import signal
+
+    def terminated(signum, frame):  # SIGTERM stops the run as Ctrl-C does: the report of what was done
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         report = run(
             loader,
@@ -141,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             python=args.python,
             log=log,
             progress=progress,
+            select=args.select,
+            index_cases=max(0, args.index_cases),
         )
     except LoaderUnavailable as e:
         print(f"SKIPPED {args.loader}: {e}")
@@ -148,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerStartError as e:
         print(f"safeload conform: {e}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    status = 130 if report.interrupted else 0 if report.ok else 1
     if args.coverage:
         if args.json == "-":
             print(json.dumps(report.coverage_json(), indent=1))
@@ -156,14 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 with open(args.json, "w", encoding="utf-8") as f:
                     json.dump(report.coverage_json(), f, indent=1)
-        return 0 if report.ok else 1
+        return status
     if args.json == "-":
         print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
     else:
         print(report.render(verbose=args.verbose))
         if args.json:
             report.write_json(args.json)
-    return 0 if report.ok else 1
+    return status
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from safeload.conformance.cases import Case
-from safeload.conformance.process import Worker
+from safeload.conformance.process import STARTUP_TIMEOUT, Worker, stopping
 from safeload.conformance.testee import ExecWorker, is_exec
 
 
@@ -51,27 +51,29 @@ def run_cases(
         private = Path(workdir) / f"{device.replace(':', '_')}-{slot}"
         private.mkdir(parents=True, exist_ok=True)
         try:
-            while True:
+            while not stopping():
                 try:
                     case = todo.get_nowait()
                 except queue.Empty:
                     return
                 if worker is None or not worker.alive():
                     worker = make_worker(loader, workdir, python)
-                copy = private / (case.name + ".safetensors")
+                copy = private / (case.name.replace("/", "_")[:200] + ".safetensors")
                 shutil.copyfile(case.path, copy)
                 if on_start is not None:
                     with lock:
                         on_start(case)
                 t0 = time.monotonic()
-                obs, failure = worker.request(
-                    {"path": str(copy), "device": device, "ownership": ownership, "sha256": case.sha256},
-                    timeout,
-                )
+                request = {"path": str(copy), "device": device, "ownership": ownership, "sha256": case.sha256,
+                           "surface": case.surface}
+                request.update(case.request or {})
+                obs, failure = worker.request(request, timeout)
                 elapsed = time.monotonic() - t0
                 if obs is None:
                     worker.kill()
                     worker = None
+                if stopping():  # the run was interrupted: a result cut short is not a verdict
+                    return
                 with lock:
                     on_result(case, obs, failure, elapsed)
                 try:
@@ -98,3 +100,13 @@ def run_cases(
         raise errors[0]
 
 
+
+
+def offered_surfaces(loader: str, workdir: str, python: str | None = None) -> tuple[list[str], dict[str, list[str]]]:
+    """The surfaces ``loader`` offers, and the device types a surface is limited to (where
+    the testee says so), as a worker reports them once it has imported it."""
+    worker = make_worker(loader, workdir, python)
+    try:
+        return list(worker.surfaces), dict(worker.surface_devices)
+    finally:
+        worker.close()

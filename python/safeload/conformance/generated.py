@@ -10,6 +10,12 @@ corpus, written into the run's temporary directory from the run's seed.
 - ``over_4gib`` (opt-in, ``--large``): a U8 tensor over 4 GiB and a second
   tensor starting past 4 GiB, for 32-bit size and offset bugs. Every 1 MiB
   block is stamped with its index, so a wrapped offset reads the wrong block.
+- ``slices``: a tensor of every dtype in shapes to slice, for ``get_slice``
+  (see :mod:`safeload.conformance.surfaces`).
+
+To look at one outside a run (a failure's reproducer names them)::
+
+    python -m safeload.conformance.generated --seed 0 --out DIR
 
 Each file is described to the judge by what the writer was given: names,
 dtypes, shapes, and the SHA-256 of each tensor's bytes.
@@ -152,3 +158,24 @@ def over_4gib_case(seed: int, directory: Path) -> Case:
     tensors = _write(path, specs, rng, 3, stamp=True)
     return Case(name, str(path), ACCEPT, "generated (--large): a tensor over 4 GiB and a tensor past 4 GiB",
                 _file_sha(path), tensors, origin="generated")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from safeload.conformance.surfaces import slices_case
+
+    p = argparse.ArgumentParser(prog="python -m safeload.conformance.generated",
+                                description="Write the run-time cases of a seed (all but --large) into a directory.")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=".")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for case in (medium_case(args.seed, out), chunk_case(args.seed, out), slices_case(args.seed, out)[0]):
+        print(case.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -29,6 +29,31 @@ class WorkerStartError(RuntimeError):
     pass
 
 
+# Every child started and not yet reaped, so that an interrupted run can end them all; and
+# whether the run is stopping (no more cases are started, results still arriving are dropped).
+_children: set["ChildProcess"] = set()
+_children_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+def stop_children() -> None:
+    """Stops the run: kills every child process still running."""
+    _stopping.set()
+    with _children_lock:
+        children = list(_children)
+    for child in children:
+        child.kill()
+
+
+def stopping() -> bool:
+    return _stopping.is_set()
+
+
+def start_run() -> None:
+    """A new run begins (a stop of an earlier run in this process no longer applies)."""
+    _stopping.clear()
+
+
 STARTUP_TIMEOUT = 120.0
 
 
@@ -62,6 +87,14 @@ class ChildProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def _register(self) -> None:
+        with _children_lock:
+            _children.add(self)
+
+    def _forget(self) -> None:
+        with _children_lock:
+            _children.discard(self)
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             try:
@@ -69,6 +102,7 @@ class ChildProcess:
             except ProcessLookupError:
                 pass
             self.proc.wait()
+        self._forget()
 
     def log_tail(self, n: int = 2000) -> str:
         try:
@@ -116,11 +150,16 @@ class Worker(ChildProcess):
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 pass_fds=(req_r, resp_w), env=environ, start_new_session=True,
             )
+        self._register()
         os.close(req_r)
         os.close(resp_w)
         self._buf = b""
         self._eof = False
         msg = self._receive(STARTUP_TIMEOUT)
+        #: The surfaces the testee offers (load_file, load, safe_open), and where a surface
+        #: runs on some device types alone, those ({"prefetch": ["cuda"]}).
+        self.surfaces = list((msg or {}).get("surfaces", ["load_file"]))
+        self.surface_devices = dict((msg or {}).get("surface_devices", {}))
         if msg is None or not msg.get("ready"):
             detail = (msg or {}).get("error") or self._why_dead() or "no reply"
             self.kill()
@@ -166,6 +205,7 @@ class Worker(ChildProcess):
         except OSError:
             pass
         self._wait_or_kill()
+        self._forget()
         try:
             os.close(self._resp_r)
         except OSError:

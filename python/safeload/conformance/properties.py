@@ -53,10 +53,12 @@ def generate(seed: int, count: int, directory: Path) -> list[Case]:
 
 
 def with_reference_verdicts(cases: list[Case], reference: str, *, timeout: float, jobs: int, workdir: str,
-                            run_cases: Callable[..., None], log: Callable[[str], None]) -> list[Case]:
+                            run_cases: Callable[..., None], log: Callable[[str], None],
+                            dropped: list[str] | None = None) -> list[Case]:
     """Replace each corrupted case's provisional expectation by the reference
     loader's verdict. Valid cases keep the writer's expectation. Cases the
-    reference cannot decide (crash, hang) are dropped with a message."""
+    reference cannot decide (crash, hang) are dropped with a message, and
+    their names appended to ``dropped``."""
     corrupted = [c for c in cases if c.tensors is None]
     verdicts: dict[str, dict[str, Any] | None] = {}
 
@@ -64,6 +66,8 @@ def with_reference_verdicts(cases: list[Case], reference: str, *, timeout: float
         verdicts[case.name] = obs
         if obs is None:
             log(f"reference loader failed on {case.name}: {failure}; case dropped")
+            if dropped is not None:
+                dropped.append(case.name)
 
     run_cases(reference, "cpu", corrupted, timeout=timeout, jobs=jobs, workdir=workdir, ownership=False,
               on_result=on_result)

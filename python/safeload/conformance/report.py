@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from safeload.conformance.cases import ACCEPT, TORCH_DTYPES, Case
+from safeload.conformance.surfaces import RESULT_SURFACES
 
 PASSED = "passed"
 FAILED = "failed"
@@ -38,6 +39,7 @@ class Result:
         obs = self.observation or {}
         return {
             "case": self.case.name,
+            "surface": self.case.surface,
             "origin": self.case.origin,
             "expect": self.case.expect,
             "device": self.device,
@@ -48,6 +50,7 @@ class Result:
             "accepted": obs.get("accepted"),
             "error_type": obs.get("error_type"),
             "error_code": obs.get("error_code"),
+            "reproducer": self.case.reproducer.replace("DEVICE", repr(self.device)) if self.case.reproducer else None,
         }
 
 
@@ -89,6 +92,8 @@ class Report:
     info: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
     # (what, why) for checks that could not run
     not_run: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # stopped before the end (Ctrl-C, SIGTERM): the results are what was done until then
+    interrupted: bool = False
 
     def add(self, result: Result) -> None:
         self.results.append(result)
@@ -100,7 +105,7 @@ class Report:
     def ok(self) -> bool:
         """True only if nothing unexpected happened."""
         c = self.counts()
-        return c[FAILED] == 0 and c[XPASS] == 0
+        return c[FAILED] == 0 and c[XPASS] == 0 and not self.interrupted
 
     def failures(self) -> list[Result]:
         return [r for r in self.results if r.outcome in (FAILED, XPASS)]
@@ -121,16 +126,23 @@ class Report:
         fail on their own in single-dtype files of the same run; if none
         does, to all of its dtypes (the run cannot tell which). Expected
         failures count as such, never as FAIL."""
+        return self._coverage(lambda r: r.device, [r for r in self.results if r.case.surface == "load_file"])
+
+    def surface_coverage(self) -> dict[str, dict[str, Cell]]:
+        """dtype -> surface -> Cell, over every device: :meth:`coverage` by surface."""
+        return self._coverage(lambda r: r.case.surface, self.results)
+
+    def _coverage(self, column, results: list[Result]) -> dict[str, dict[str, Cell]]:
         m: dict[str, dict[str, Cell]] = {}
-        valid = [r for r in self.results if r.case.expect == ACCEPT and r.case.tensors is not None
+        valid = [r for r in results if r.case.expect == ACCEPT and r.case.tensors is not None
                  and r.case.origin != "check"]
         alone_bad: dict[str, set[str]] = {}
         for r in valid:
             if len(r.case.dtypes()) == 1 and r.outcome in (FAILED, XFAIL):
-                alone_bad.setdefault(r.device, set()).update(r.case.dtypes())
+                alone_bad.setdefault(column(r), set()).update(r.case.dtypes())
         for r in valid:
             dtypes = r.case.dtypes()
-            row = lambda d: m.setdefault(d, {}).setdefault(r.device, Cell())  # noqa: E731
+            row = lambda d: m.setdefault(d, {}).setdefault(column(r), Cell())  # noqa: E731
             if r.outcome in (PASSED, XPASS, IMPL_DEFINED):
                 for d in dtypes:
                     row(d).passed += 1
@@ -146,7 +158,7 @@ class Report:
                 if len(dtypes) == 1:
                     charged |= dtypes
                 else:
-                    culprits = dtypes & alone_bad.get(r.device, set())
+                    culprits = dtypes & alone_bad.get(column(r), set())
                     charged |= culprits or dtypes
             for d in dtypes:
                 cell = row(d)
@@ -180,21 +192,25 @@ class Report:
             lines += ["", "failures by check: " + ", ".join(f"{k} {v}" for k, v in sorted(checks.items()))]
         return "\n".join(lines)
 
-    def matrix_table(self, reasons: bool = False) -> str:
-        cov = self.coverage()
+    def matrix_table(self, reasons: bool = False, by_surface: bool = False) -> str:
+        cov = self.surface_coverage() if by_surface else self.coverage()
         if not cov:
             return "(no valid cases ran)"
         order = {d: i for i, d in enumerate(TORCH_DTYPES)}
         dtypes = sorted(cov, key=lambda d: (order.get(d, len(order)), d))
+        columns = self.devices
+        if by_surface:
+            seen = {s for row in cov.values() for s in row}
+            columns = [s for s in RESULT_SURFACES if s in seen]
         width = max(len(d) for d in dtypes + ["dtype"])
-        header = f"{'dtype':<{width}}  " + "  ".join(f"{dev:>14}" for dev in self.devices)
+        header = f"{'dtype':<{width}}  " + "  ".join(f"{dev:>15}" for dev in columns)
         lines = [header, "-" * len(header)]
         for d in dtypes:
             cells = []
             why = ""
-            for dev in self.devices:
+            for dev in columns:
                 c = cov[d].get(dev, Cell())
-                cells.append(f"{c.state + ' ' + str(c.passed) + '/' + str(c.total):>14}")
+                cells.append(f"{c.state + ' ' + str(c.passed) + '/' + str(c.total):>15}")
                 if reasons and c.reasons and not why:
                     why = "   " + c.reasons[0]
             lines.append(f"{d:<{width}}  " + "  ".join(cells) + why)
@@ -202,18 +218,27 @@ class Report:
 
     def coverage_json(self) -> dict[str, Any]:
         return {"loader": self.loader, "devices": self.devices, "ok": self.ok, "seed": self.seed,
-                "coverage": {d: {dev: c.to_json() for dev, c in row.items()} for d, row in self.coverage().items()}}
+                "coverage": {d: {dev: c.to_json() for dev, c in row.items()} for d, row in self.coverage().items()},
+                "surface_coverage": {d: {s: c.to_json() for s, c in row.items()}
+                                     for d, row in self.surface_coverage().items()}}
 
     def render_coverage(self) -> str:
-        """The coverage matrix alone, read at a glance: one row per dtype."""
+        """The coverage matrices alone, read at a glance: one row per dtype, by device, then
+        by surface where the loader offers more than load_file."""
         cov = self.coverage()
-        bad = sorted(d for d, row in cov.items() if any(c.state == CELL_FAIL for c in row.values()))
-        x = sorted(d for d, row in cov.items() if any(c.state == CELL_XFAIL for c in row.values()))
+        by_surface = self.surface_coverage()
+        bad = sorted(d for m in (cov, by_surface) for d, row in m.items()
+                     if any(c.state == CELL_FAIL for c in row.values()))
+        x = sorted(d for m in (cov, by_surface) for d, row in m.items()
+                   if any(c.state == CELL_XFAIL for c in row.values()))
+        bad, x = sorted(set(bad)), sorted(set(x))
         out = [f"dtype coverage of {self.loader} on {', '.join(self.devices)} "
                "(valid files: tensors of the dtype loaded correctly / files with the dtype)", "",
-               self.matrix_table(reasons=True), "",
-               "ok: every file loaded the dtype correctly; FAIL: some did not (first reason shown); "
-               "xfail: listed as an expected failure; --: not run"]
+               self.matrix_table(reasons=True)]
+        if set(self.surface_counts()) - {"load_file"}:
+            out += ["", "by surface (every device):", "", self.matrix_table(reasons=True, by_surface=True)]
+        out += ["", "ok: every file loaded the dtype correctly; FAIL: some did not (first reason shown); "
+                "xfail: listed as an expected failure; --: not run"]
         missing = [d for d in TORCH_DTYPES if d not in cov]
         if missing:
             out.append("dtypes no case covered: " + ", ".join(missing))
@@ -230,6 +255,7 @@ class Report:
             "loader": self.loader,
             "devices": self.devices,
             "ok": self.ok,
+            "interrupted": self.interrupted,
             "seed": self.seed,
             "property_cases": self.property_cases,
             "summary": {k: c[k] for k in OUTCOMES} | {"total": len(self.results)},
@@ -237,6 +263,8 @@ class Report:
             "matrix": {d: {dev: {"passed": p, "total": t} for dev, (p, t) in row.items()}
                        for d, row in self.matrix().items()},
             "coverage": self.coverage_json()["coverage"],
+            "surface_coverage": self.coverage_json()["surface_coverage"],
+            "surfaces": self.surface_counts(),
             "upstream": self.upstream,
             "differences_from_upstream": {k: [{"case": n, "detail": d} for n, d in v] for k, v in self.info.items()},
             "not_run": [{"what": w, "why": y} for w, y in self.not_run],
@@ -262,8 +290,18 @@ class Report:
                 out.append(f"    ... and {len(items) - 5} more (see --json)")
         return out
 
+    def surface_counts(self) -> dict[str, dict[str, int]]:
+        """Surface -> outcome -> results."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.results:
+            cell = out.setdefault(r.case.surface, {k: 0 for k in OUTCOMES})
+            cell[r.outcome] += 1
+        return out
+
     def render(self, verbose: bool = False) -> str:
         out = [f"loader: {self.loader}   devices: {', '.join(self.devices)}"]
+        if self.interrupted:
+            out.append(f"INTERRUPTED: the run was stopped; what follows is the {len(self.results)} results judged before")
         if self.seed is not None:
             out.append(f"seed {self.seed} (property cases: {self.property_cases}; reproduce with --seed {self.seed})")
         fails = self.failures()
@@ -288,6 +326,14 @@ class Report:
         out += self.render_info()
         if self.stale_expected:
             out += ["", "expected-failure entries that matched no case: " + ", ".join(self.stale_expected)]
-        out += ["", self.summary_table(), "", "coverage (valid files whose tensors of the dtype loaded correctly / run):",
-                self.matrix_table(), "", "RESULT: " + ("OK" if self.ok else "FAILED")]
+        out += ["", self.summary_table()]
+        surfaces = self.surface_counts()
+        if set(surfaces) - {"load_file"}:
+            out += ["", "by surface: " + ", ".join(
+                f"{s} {c[PASSED] + c[XFAIL] + c[IMPL_DEFINED]}/{sum(c.values())}"
+                + (f" ({c[FAILED]} failed)" if c[FAILED] else "") for s, c in surfaces.items())]
+        out += ["", "coverage (valid files whose tensors of the dtype loaded correctly / run):", self.matrix_table()]
+        if set(surfaces) - {"load_file"}:
+            out += ["", "coverage by surface (every device; passed / run):", self.matrix_table(by_surface=True)]
+        out += ["", "RESULT: " + ("INTERRUPTED" if self.interrupted else "OK" if self.ok else "FAILED")]
         return "\n".join(out)

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from safeload.conformance import checks as checks_mod
+from safeload.conformance import indexing
+from safeload.conformance import surfaces as surfaces_mod
 from safeload.conformance.cases import REJECT, Case
-from safeload.conformance.dispatch import run_cases
+from safeload.conformance.dispatch import offered_surfaces, run_cases
 from safeload.conformance.judge import describe_error, judge_checks, names, same_error_class
-from safeload.conformance.process import LoaderUnavailable, WorkerStartError
+from safeload.conformance.process import LoaderUnavailable, WorkerStartError, start_run, stop_children
 from safeload.conformance.progress import Progress
 from safeload.conformance.report import FAILED, IMPL_DEFINED, PASSED, XFAIL, XPASS, Report, Result
 
@@ -38,16 +40,28 @@ def run(
     python: str | None = None,
     log: Callable[[str], None] | None = None,
     progress: Any = None,
+    surfaces: bool = True,
+    index_cases: int = 100,
+    select: Sequence[str] = (),
 ) -> Report:
-    """Run ``loader`` (a ``MODULE:FUNC`` spec, or ``exec:CMD`` for an
-    executable testee) over ``cases`` on each device, plus:
+    """Run ``loader`` over ``cases`` on each device. ``loader`` is ``MODULE:FUNC`` (its
+    ``load_file``), ``MODULE`` (every surface it defines: ``load_file``, ``load``,
+    ``safe_open``; see :mod:`safeload.conformance.surfaces`) or ``exec:CMD`` (an executable
+    testee: ``load_file``). Plus:
 
     - ``property_cases`` Hypothesis-generated cases from ``seed`` whose
-      verdicts on corrupted files come from ``reference``;
+      verdicts on corrupted files come from ``reference`` (skipped, and said so, where it
+      cannot run);
     - with ``generated``, run-time files of tens of MiB across chunk
       boundaries (and with ``large``, a tensor and a file over 4 GiB);
+    - with ``surfaces`` and a testee that offers them, ``load(bytes)`` over the corpus,
+      ``safe_open`` over every valid file, ``get_slice`` over a file of every dtype with the
+      fixed corner-case indexes and ``index_cases`` more drawn by Hypothesis from ``seed``,
+      and ``prefetch(plan)``; with ``select`` (globs), only the surface cases whose name or file
+      case matches (``cases`` are taken as given);
     - the named ``checks`` (see :data:`safeload.conformance.checks.CHECKS`):
-      leaks, thread and process safety, independence from the file;
+      leaks, thread and process safety, independence from the file, through
+      ``load_file`` and through ``safe_open``;
     - with ``upstream`` (a loader spec), the key order and error class of
       every case compared with that loader's, as information.
 
@@ -55,8 +69,9 @@ def run(
     virtual environment with another version of a peer). ``progress`` (a
     :class:`safeload.conformance.progress.Progress`) is told of each phase,
     each case as it starts and each verdict; messages then go through it.
-    Raises LoaderUnavailable if the loader cannot be imported."""
-
+    KeyboardInterrupt (Ctrl-C, or SIGTERM where the caller maps it so) stops the run: the
+    report of what was done is returned, marked ``interrupted``. Raises LoaderUnavailable if
+    the loader cannot be imported."""
     progress = progress or Progress(mode="quiet")
     if log is None:
         log = lambda s: None  # noqa: E731
@@ -66,73 +81,159 @@ def run(
     unknown = sorted(set(checks) - set(checks_mod.CHECKS))
     if unknown:
         raise ValueError(f"unknown checks {unknown}; known: {', '.join(checks_mod.CHECKS)}")
-    use_seed = property_cases or generated or checks
+    use_seed = property_cases or generated or checks or surfaces
     report = Report(loader=loader, devices=list(devices), seed=seed if use_seed else None,
                     property_cases=property_cases, expected_failures=expected_failures)
-    with tempfile.TemporaryDirectory(prefix="safeload-conform-") as workdir:
-        all_cases = list(cases)
-        if property_cases:
-            from safeload.conformance import properties
+    start_run()
+    try:
+        with tempfile.TemporaryDirectory(prefix="safeload-conform-") as workdir:
+            _run(report, loader, devices, list(cases), expected_failures, timeout, jobs, strict_codes, property_cases,
+                 seed, reference, checks, generated, large, upstream, python, log, progress, surfaces, index_cases,
+                 select, workdir)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        stop_children()
+        log("interrupted: the report below holds what was done before")
+    finally:
+        progress.close()
+    seen = {r.case.name for r in report.results}
+    report.stale_expected = [] if report.interrupted else sorted(n for n in expected_failures if n not in seen)
+    return report
 
-            log(f"property cases: {property_cases} from seed {seed} (reproduce with --seed {seed})")
-            generated_cases = properties.generate(seed, property_cases, Path(workdir) / "property")
 
-            def reference_cases(*args, on_result, **kwargs):
-                def done(*result):
-                    on_result(*result)
-                    progress.done()
+def _run(report: Report, loader: str, devices: Sequence[str], all_cases: list[Case], expected_failures: dict[str, str],
+         timeout: float, jobs: int, strict_codes: bool, property_cases: int, seed: int, reference: str,
+         checks: Sequence[str], generated: bool, large: bool, upstream: str | None, python: str | None,
+         log: Callable[[str], None], progress: Progress, surfaces: bool, index_cases: int, select: Sequence[str],
+         workdir: str) -> None:
+    def record(case: Case, device: str, passed: bool | None, detail: str, failed: dict, seconds: float,
+               obs: dict[str, Any] | None) -> None:
+        outcome = _record(report, expected_failures, case, device, passed, detail, failed, seconds, obs, log)
+        progress.done(failed=outcome in (FAILED, XPASS))
 
-                run_cases(*args, on_result=done, on_start=lambda c: progress.start(c.name), **kwargs)
+    if property_cases:
+        all_cases += _property_cases(report, property_cases, seed, reference, timeout, jobs, workdir, log, progress)
+    offered, limited = offered_surfaces(loader, workdir, python) if surfaces else (["load_file"], {})
+    for name, what in (("load", "load(data, device)"), ("safe_open", "safe_open(path, framework, device=...)")):
+        if surfaces and name not in offered:
+            report.not_run.append((f"surface {name}", f"the testee does not offer {what}"))
+    gen_dir = Path(workdir) / "generated"
+    gen_dir.mkdir()
+    medium = None
+    if generated or large or checks or "safe_open" in offered:
+        from safeload.conformance import generated as gen
 
-            progress.phase("reference verdicts", sum(1 for c in generated_cases if c.tensors is None))
-            try:
-                all_cases += properties.with_reference_verdicts(
-                    generated_cases, reference, timeout=timeout, jobs=jobs, workdir=workdir, run_cases=reference_cases,
-                    log=log
-                )
-            except (LoaderUnavailable, WorkerStartError) as e:
-                log(f"reference loader {reference} unavailable, corrupted property cases skipped: {e}")
-                all_cases += [c for c in generated_cases if c.tensors is not None]
-        gen_dir = Path(workdir) / "generated"
-        gen_dir.mkdir()
-        medium = None
-        if generated or large or checks:
-            from safeload.conformance import generated as gen
+        log(f"generated cases from seed {seed} (reproduce with --seed {seed})")
+        medium = gen.medium_case(seed, gen_dir)
+        if generated:
+            all_cases.append(gen.chunk_case(seed, gen_dir))
+        if large:
+            log("writing the over-4-GiB case (--large)")
+            all_cases.append(gen.over_4gib_case(seed, gen_dir))
+    surface_list: list[Case] = []
+    if surfaces:
+        slices = None
+        if "safe_open" in offered:
+            file_case, pairs = surfaces_mod.slices_case(seed, gen_dir)
+            drawn = indexing.drawn(seed, {n: list(t.shape) for n, t in (file_case.tensors or {}).items()
+                                          if t.dtype in surfaces_mod.TORCH_DTYPES}, index_cases)
+            slices = (file_case, pairs + drawn)
+            log(f"get_slice: {len(pairs)} corner cases and {len(drawn)} indexes drawn from seed {seed}")
+        surface_list = surfaces_mod.surface_cases(all_cases, offered, slices, medium, select)
+    surface_checks = [s for s in ("load_file", "safe_open") if s in offered]
+    n_checks = len(checks_mod.runnable(loader, checks, medium is not None)) * len(surface_checks)
+    progress.phase("cases", (len(all_cases) + len(surface_list) + n_checks) * len(devices))
+    oracles = surfaces_mod.Oracles()
+    for device in devices:
+        isolate: list[Case] = []
 
-            log(f"generated cases from seed {seed} (reproduce with --seed {seed})")
-            medium = gen.medium_case(seed, gen_dir)
-            if generated:
-                all_cases.append(gen.chunk_case(seed, gen_dir))
-            if large:
-                log("writing the over-4-GiB case (--large)")
-                all_cases.append(gen.over_4gib_case(seed, gen_dir))
-        n_checks = len(checks_mod.runnable(loader, checks, medium is not None))
-        progress.phase("cases", (len(all_cases) + n_checks) * len(devices))
-        for device in devices:
-            def on_result(case: Case, obs: dict[str, Any] | None, failure: str, seconds: float,
-                          device: str = device) -> None:
+        def on_result(case: Case, obs: dict[str, Any] | None, failure: str, seconds: float,
+                      device: str = device) -> None:
+            if case.surface in ("load_file", "load"):
                 passed, detail, failed = judge_checks(case, device, obs, failure, strict_codes)
-                outcome = _record(report, expected_failures, case, device, passed, detail, failed, seconds, obs, log)
-                progress.done(failed=outcome in (FAILED, XPASS))
+                record(case, device, passed, detail, failed, seconds, obs)
+                return
+            found = surfaces_mod.verdicts(case, device, obs, failure, oracles)
+            if found and isinstance(found[0], Case):
+                isolate.extend(found)  # a batch that crashed or hung: its ops one by one
+                log(f"{case.name} [{device}]: {failure}; running its {len(found)} index expressions one by one")
+                progress.done(failed=True)
+                return
+            if case.surface == "prefetch" and not found:
+                report.not_run.append((f"{case.name} [{device}]", "the safe_open object has no prefetch()"))
+            if case.surface == "safe_open" and len(found) == 1 and found[0][1] is not None and obs:
+                if "get_tensor_meta" not in obs.get("offered", []) and not any(
+                        w == "get_tensor_meta" for w, _ in report.not_run):
+                    report.not_run.append(("get_tensor_meta", "the safe_open object has no get_tensor_meta() "
+                                                              "(safetensors 0.9 adds it)"))
+            for i, (c, passed, detail, failed, o) in enumerate(found):
+                outcome = _record(report, expected_failures, c, device, passed, detail, failed, seconds, o, log)
+                if i == 0:
+                    progress.done(failed=outcome in (FAILED, XPASS))
 
-            run_cases(loader, device, all_cases, timeout=timeout, jobs=jobs, workdir=workdir, python=python,
-                       on_result=on_result, on_start=lambda c, d=device: progress.start(f"{c.name} [{d}]"))
-            if checks:
+        def started(c: Case, d: str = device) -> None:
+            progress.start(f"{c.name} [{d}]")
+
+        here = [c for c in surface_list if device.split(":")[0] in limited.get(c.surface, [device.split(":")[0]])]
+        for c in surface_list:
+            if c not in here:
+                report.not_run.append((f"{c.name} [{device}]", f"the testee offers {c.surface} on "
+                                                               f"{', '.join(limited[c.surface])} alone"))
+                progress.done()
+        run_cases(loader, device, all_cases + here, timeout=timeout, jobs=jobs, workdir=workdir,
+                  python=python, on_result=on_result, on_start=started)
+        if isolate:
+            progress.phase("isolating crashed or hung index expressions", len(isolate))
+            run_cases(loader, device, isolate, timeout=timeout, jobs=jobs, workdir=workdir, python=python,
+                      on_result=on_result, on_start=started)
+        if checks:
+            for surface in surface_checks:
                 for case, passed, detail, seconds in checks_mod.run_checks(
                         loader, device, checks, all_cases, medium, timeout=timeout, workdir=workdir, python=python,
-                        log=log, not_run=report.not_run, on_start=lambda n, d=device: progress.start(f"check.{n} [{d}]")):
-                    failed = {None: [case.name.removeprefix("check.")]} if passed is False else {}
-                    outcome = _record(report, expected_failures, case, device, passed, detail, failed, seconds, None,
-                                      log)
-                    progress.done(failed=outcome in (FAILED, XPASS))
-        if upstream:
-            report.upstream = upstream
-            _compare_upstream(report, upstream, all_cases, devices[0], timeout=timeout, jobs=jobs, workdir=workdir,
-                              log=log, progress=progress)
-        progress.close()
-        seen = {r.case.name for r in report.results}
-        report.stale_expected = sorted(n for n in expected_failures if n not in seen)
-    return report
+                        log=log, not_run=report.not_run, surface=surface,
+                        on_start=lambda n, d=device: progress.start(f"check.{n} [{d}]")):
+                    failed = {None: [case.name.split("check.", 1)[1]]} if passed is False else {}
+                    record(case, device, passed, detail, failed, seconds, None)
+    if upstream:
+        report.upstream = upstream
+        _compare_upstream(report, upstream, all_cases, devices[0], timeout=timeout, jobs=jobs, workdir=workdir,
+                          log=log, progress=progress)
+
+
+def _property_cases(report: Report, count: int, seed: int, reference: str, timeout: float, jobs: int, workdir: str,
+                    log: Callable[[str], None], progress: Progress) -> list[Case]:
+    """The property-based cases: valid ones judged by what the writer was given, corrupted
+    ones by ``reference``'s verdicts; where the reference cannot run, the corrupted ones are
+    skipped and the report says so."""
+    from safeload.conformance import properties
+
+    log(f"property cases: {count} from seed {seed} (reproduce with --seed {seed})")
+    generated_cases = properties.generate(seed, count, Path(workdir) / "property")
+    corrupted = sum(1 for c in generated_cases if c.tensors is None)
+
+    def reference_cases(*args, on_result, **kwargs):
+        def done(*result):
+            on_result(*result)
+            progress.done()
+
+        run_cases(*args, on_result=done, on_start=lambda c: progress.start(c.name), **kwargs)
+
+    progress.phase("reference verdicts", corrupted)
+    dropped: list[str] = []
+    try:
+        judged = properties.with_reference_verdicts(generated_cases, reference, timeout=timeout, jobs=jobs,
+                                                    workdir=workdir, run_cases=reference_cases, log=log,
+                                                    dropped=dropped)
+    except (LoaderUnavailable, WorkerStartError) as e:
+        why = (f"{corrupted} corrupted property cases skipped: their verdict is the reference loader's, and "
+               f"{reference} cannot run here ({str(e).splitlines()[0][:300]}); --reference names another")
+        log(why)
+        report.not_run.append(("property cases (corrupted)", why))
+        return [c for c in generated_cases if c.tensors is not None]
+    if dropped:
+        report.not_run.append(("property cases (corrupted)", f"{len(dropped)} dropped: the reference loader "
+                                                              f"crashed or hung on {', '.join(dropped[:5])}"))
+    return judged
 
 
 def _record(report: Report, expected_failures: dict[str, str], case: Case, device: str, passed: bool | None,
@@ -153,7 +254,8 @@ def _record(report: Report, expected_failures: dict[str, str], case: Case, devic
     report.add(Result(case=case, device=device, outcome=outcome, detail=detail, seconds=seconds,
                       observation=obs, failed_checks=failed))
     if outcome in (FAILED, XPASS):
-        log(f"FAIL {case.name} [{device}]: {detail}")
+        log(f"FAIL {case.name} [{device}]: {detail}" + (f"\n  reproduce: {case.reproducer.replace('DEVICE', repr(device))}"
+                                                         if case.reproducer and outcome == FAILED else ""))
     return outcome
 
 

@@ -66,6 +66,9 @@ class ExecWorker(ChildProcess):
 
     noun = "testee"
     log_noun = "stderr"
+    #: The protocol carries load_file alone: the other surfaces are reported as not run.
+    surfaces = ["load_file"]
+    surface_devices: dict = {}
 
     def __init__(self, loader: str, log_dir: str, startup_timeout: float = STARTUP_TIMEOUT):
         self.loader = loader
@@ -80,6 +83,7 @@ class ExecWorker(ChildProcess):
                                              start_new_session=True, env=env)
             except OSError as e:
                 raise WorkerStartError(f"testee {argv[0]!r} could not be started: {e}") from e
+        self._register()
         self._buf = b""
         self._eof = False
         reply, failure = self._exchange({"op": "hello", "protocol": PROTOCOL}, startup_timeout)
@@ -137,7 +141,7 @@ class ExecWorker(ChildProcess):
     def request(self, msg: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str]:
         """Same contract as the Python worker's: (observation, "") or (None, why)."""
         op = msg.get("op", "load")
-        if op != "load":
+        if op != "load" or msg.get("surface", "load_file") != "load_file":
             return {"accepted": False, "error_type": "unsupported", "error": f"executable testees do not serve {op!r}"}, ""
         for f in os.listdir(self.out_dir):
             os.unlink(os.path.join(self.out_dir, f))
@@ -180,6 +184,7 @@ class ExecWorker(ChildProcess):
         except OSError:
             pass
         self._wait_or_kill()
+        self._forget()
         self.proc.stdout.close()
 
 

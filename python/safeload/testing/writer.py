@@ -12,19 +12,19 @@ shape, raw little-endian bytes) plus :class:`Layout` options, and rendered by
 way upstream lays one out: tensors back to back in list order, metadata first,
 header padded with spaces to a multiple of 8 bytes.
 
-Dtype sizes come from the one dtype table, ``safeload._C.dtype_table()``, and
-the header length limit (``MAX_HEADER_LENGTH``) from the core's constants,
-``safeload._C.constants()``; both are read on first use.
+Dtype sizes and the header length limit come from the harness's own statement
+of the format, :mod:`safeload.testing.format`, never from the loaders it tests.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from safeload.testing import format
 
 __all__ = [
     "DELETE",
@@ -51,31 +51,16 @@ __all__ = [
 PREFIX_BYTES = 8
 
 
-@functools.lru_cache(maxsize=1)
 def _table() -> dict[str, int]:
-    from safeload import _C  # the single dtype table lives in the C++ core
-
-    return {name: int(bits) for name, bits in _C.dtype_table()}
-
-
-@functools.lru_cache(maxsize=1)
-def _limits() -> dict[str, int]:
-    from safeload import _C  # the format's limits live in the C++ core
-
-    return {name: int(value) for name, value in dict(_C.constants()).items()}
+    return format.DTYPE_BITS
 
 
 def max_header_length() -> int:
-    """The largest header length the format allows, as the C++ core enforces it."""
-    return _limits()["max_header_length"]
+    """The largest header length the format allows."""
+    return format.MAX_HEADER_LENGTH
 
 
-def __getattr__(name: str) -> Any:
-    # MAX_HEADER_LENGTH is read from the core when first asked for, so
-    # importing the writer does not load the extension module.
-    if name == "MAX_HEADER_LENGTH":
-        return max_header_length()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+MAX_HEADER_LENGTH = format.MAX_HEADER_LENGTH
 
 
 def dtype_names() -> list[str]:

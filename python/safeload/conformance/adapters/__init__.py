@@ -1,8 +1,9 @@
 """Adapters: each module exposes ``load_file(path, device) -> dict[str, Tensor]``
-for one loader, so ``safeload conform --loader
-safeload.conformance.adapters.<name>:load_file`` can judge it. An adapter
-whose package is not installed raises :class:`AdapterUnavailable` on import;
-the harness reports the loader as skipped.
+for one loader, and where the loader has them ``load(data, device)`` and
+``safe_open(path, framework, device=...)``, so ``safeload conform --loader NAME``
+(the module ``safeload.conformance.adapters.<name>``) judges every surface it
+has. An adapter whose package is not installed raises
+:class:`AdapterUnavailable` on import; the harness reports the loader as skipped.
 
 Adapters copy tensors out of a peer's internal buffers only where the peer's
 own documentation says its tensors are views that it will reuse; otherwise
@@ -13,10 +14,10 @@ from __future__ import annotations
 import importlib
 
 ADAPTERS = {
-    "safeload_fast": "safeload fast loader (safeload.load_file)",
+    "safeload_fast": "safeload fast loader (safeload.load_file, load, safe_open)",
     "safeload_reference": "safeload reference loader (safeload.reference.load_file)",
-    "safetensors_torch": "upstream safetensors.torch.load_file",
-    "safetensors_pread": "upstream safetensors 0.9 load_file(backend='pread')",
+    "safetensors_torch": "upstream safetensors (safetensors.torch.load_file, load, safe_open)",
+    "safetensors_pread": "upstream safetensors' pread backend (load_file and safe_open with backend='pread')",
     "safetensors_prefetch": "upstream safetensors 0.9 safe_open(...).prefetch() (CUDA only)",
     "fastsafetensors": "fastsafetensors (fastsafe_open, no GDS)",
     "runai_model_streamer": "runai-model-streamer (SafetensorsStreamer)",
@@ -37,7 +38,7 @@ def require(module: str, package: str):
 
 
 def spec(name: str) -> str:
-    """The ``MODULE:FUNC`` loader spec of a shipped adapter."""
+    """The loader spec of a shipped adapter: its module, so every surface it has is judged."""
     if name not in ADAPTERS:
         raise KeyError(f"no adapter {name!r}; known: {', '.join(ADAPTERS)}")
-    return f"safeload.conformance.adapters.{name}:load_file"
+    return f"safeload.conformance.adapters.{name}"
