@@ -3,7 +3,7 @@
 #   cmake -DSOURCE_DIR=<repository root> -P cmake/check_torch_free.cmake
 #
 # Torch-free: core/, reference/, fast/ and every public header except
-# include/safeload/torch.h. The torch layer (adapter/, include/safeload/torch.h)
+# include/safeload/torch.h. The torch layer (torch/, include/safeload/torch.h)
 # and the binding (python/src/) are the only C++ that sees libtorch; ctest runs
 # this as the test torch_free_layers.
 
@@ -36,7 +36,7 @@ endforeach()
 
 if(_violations)
   message(FATAL_ERROR "torch headers included in the torch-free layers (core/, reference/, fast/, "
-                      "include/safeload/ except torch.h); move that code to the torch layer, adapter/:"
+                      "include/safeload/ except torch.h); move that code to the torch layer, torch/:"
                       "${_violations}")
 endif()
 message(STATUS "torch-free layers: ${_count} files, no torch, ATen or c10 include")

@@ -1,4 +1,6 @@
-#include <sys/mman.h>
+// The readers: every op of a plan moved from the file into host-writable
+// destinations (through the page cache, or with O_DIRECT through bounce
+// slots), or through staging slots into a copy target.
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -6,13 +8,10 @@
 #include <cstring>
 
 #include <algorithm>
-#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <optional>
-#include <system_error>
-#include <utility>
 
 #include "safeload/error.h"
 #include "safeload/fast.h"
@@ -116,74 +115,6 @@ class SlotRing {
 
 }  // namespace
 
-LoadControl::LoadControl(const Plan& plan, std::function<bool()> cancel)
-    : hook_(std::move(cancel)), remaining_(new std::atomic<std::uint64_t>[plan.tensor_bytes.size()]) {
-  for (std::size_t i = 0; i < plan.tensor_bytes.size(); ++i) remaining_[i] = plan.tensor_bytes[i];
-}
-
-void LoadControl::cancel() noexcept { cancelled_.store(true, std::memory_order_relaxed); }
-
-void LoadControl::check_cancelled() {
-  if (!cancelled_.load(std::memory_order_relaxed) && hook_ && hook_()) cancel();
-  if (cancelled_.load(std::memory_order_relaxed)) throw Error(ErrorCode::kCancelled, "the load was cancelled");
-}
-
-void LoadControl::op_done(const Plan& plan, const ReadOp& op) {
-  bool completed = false;
-  for (std::size_t s = 0; s < op.segment_count; ++s) {
-    const Segment& seg = plan.segments[op.first_segment + s];
-    completed |= remaining_[seg.tensor].fetch_sub(seg.length, std::memory_order_acq_rel) == seg.length;
-  }
-  bytes_done_.fetch_add(op.length, std::memory_order_relaxed);
-  if (completed) {
-    // Taking the lock orders the notification after a waiter's check.
-    { std::lock_guard<std::mutex> lock(mutex_); }
-    cv_.notify_all();
-  }
-}
-
-void LoadControl::finish(std::exception_ptr error) {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    finished_ = true;
-    error_ = std::move(error);
-  }
-  cv_.notify_all();
-}
-
-bool LoadControl::finished() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return finished_;
-}
-
-std::exception_ptr LoadControl::error() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return error_;
-}
-
-bool LoadControl::wait_tensor(std::size_t i, long timeout_ms) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  const auto ready = [&] { return finished_ || tensor_done(i); };
-  if (timeout_ms < 0) {
-    cv_.wait(lock, ready);
-  } else {
-    cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready);
-  }
-  if (tensor_done(i)) return true;
-  if (error_) std::rethrow_exception(error_);
-  return false;
-}
-
-void LoadControl::note_uncached(std::uint64_t bytes) noexcept {
-  ops_uncached_.fetch_add(1, std::memory_order_relaxed);
-  bytes_uncached_.fetch_add(bytes, std::memory_order_relaxed);
-}
-
-bool LoadControl::wait_finished(long timeout_ms) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return finished_; });
-}
-
 namespace {
 
 void check_slots(const std::vector<void*>& slots, bool aligned) {
@@ -225,73 +156,6 @@ void read_cached_op(const File& file, const Plan& plan, const ReadOp& op, const 
 }
 
 }  // namespace
-
-#if defined(__linux__)
-// Linux 5.14; older headers lack the name, older kernels answer EINVAL.
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-#endif
-
-Prefaulter::Prefaulter(const Plan& plan, const std::vector<void*>& dst, bool start) : plan_(plan), dst_(dst) {
-  if (start) this->start();
-}
-
-void Prefaulter::start() {
-#if defined(__linux__)
-  if (thread_.joinable()) return;
-  try {
-    thread_ = std::thread([this] { run(); });
-  } catch (const std::system_error&) {
-    // No thread: the readers fault their pages in themselves.
-  }
-#endif
-}
-
-Prefaulter::~Prefaulter() {
-  stop_.store(true, std::memory_order_relaxed);
-  join();
-}
-
-void Prefaulter::join() {
-  if (thread_.joinable()) thread_.join();
-}
-
-void Prefaulter::reached(std::size_t k) noexcept {
-  std::size_t seen = frontier_.load(std::memory_order_relaxed);
-  while (seen < k + 1 && !frontier_.compare_exchange_weak(seen, k + 1, std::memory_order_relaxed)) {
-  }
-}
-
-void Prefaulter::run() noexcept {
-#if defined(__linux__)
-  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  // Small steps, so a reader that overtakes it is noticed soon.
-  constexpr std::uintptr_t kStep = 4u << 20;
-  for (std::size_t k = 0; k < plan_.ops.size(); ++k) {
-    k = std::max(k, frontier_.load(std::memory_order_relaxed));
-    if (k >= plan_.ops.size()) break;
-    const ReadOp& op = plan_.ops[k];
-    for (std::size_t s = 0; s < op.segment_count; ++s) {
-      const Segment& seg = plan_.segments[op.first_segment + s];
-      const auto start = reinterpret_cast<std::uintptr_t>(dst_[seg.tensor]) + seg.tensor_offset;
-      // Whole pages inside the segment only: the ends may share a page with
-      // memory that is not ours to touch.
-      std::uintptr_t at = (start + page - 1) / page * page;
-      const std::uintptr_t end = (start + seg.length) / page * page;
-      while (at < end) {
-        if (stop_.load(std::memory_order_relaxed) || frontier_.load(std::memory_order_relaxed) > k) break;
-        const std::uintptr_t n = std::min(kStep, end - at);
-        if (::madvise(reinterpret_cast<void*>(at), n, MADV_POPULATE_WRITE) != 0 && errno == EINVAL) {
-          return;  // this kernel cannot populate: leave it to the readers
-        }
-        at += n;
-      }
-    }
-    if (stop_.load(std::memory_order_relaxed)) return;
-  }
-#endif
-}
 
 void read_host(const std::vector<Source>& sources, const Plan& plan, const std::vector<void*>& dst,
                const std::vector<void*>& slots, Executor& executor, LoadControl* control, bool prefault) {

@@ -1,201 +1,20 @@
-// The loaders' torch side: resolve and validate a checkpoint, allocate every
-// destination first, let the policy decide how to read, then hand the byte
-// moving to fast/ (straight into host-writable memory, or through pinned
+// The loaders' entry points: resolve and validate a checkpoint, allocate
+// every destination first, let the policy decide how to read, then hand the
+// byte moving to fast/ (straight into host-writable memory, or through pinned
 // staging slots for device memory) on a background thread.
 #include <ATen/ATen.h>
-#include <c10/core/DeviceGuard.h>
-#include <c10/core/Event.h>
-#include <c10/core/StreamGuard.h>
-#include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <algorithm>
-#include <cstring>
 #include <optional>
 #include <system_error>
 
+#include "internal.h"
 #include "safeload/error.h"
 #include "safeload/fast.h"
 #include "safeload/torch.h"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
-#if defined(__APPLE__) && __has_include(<ATen/mps/MPSAllocatorInterface.h>)
-#include <ATen/mps/MPSAllocatorInterface.h>
-#include <torch/version.h>
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 13)
-#define SAFELOAD_MPS_HOST_ALIAS 1
-#endif
-#endif
-
 namespace safeload {
 namespace {
-
-// A host pointer through which `t`'s bytes can be written, or nullptr.
-// `keepalive` holds whatever keeps that pointer valid.
-void* host_writable_pointer(const at::Tensor& t, c10::Storage* keepalive) {
-  if (t.device().is_cpu()) return t.mutable_data_ptr();
-#if defined(SAFELOAD_MPS_HOST_ALIAS)
-  // Apple silicon: MPS storage in a shared (unified-memory) Metal buffer has a
-  // CPU alias, so the CPU path's direct reads apply unchanged. UNTESTED in CI:
-  // no Apple hardware; these lines are the whole MPS-specific code.
-  if (t.device().is_mps()) {
-    at::mps::IMPSAllocator* allocator = at::mps::getIMPSAllocator();
-    if (allocator->isSharedBuffer(t.storage().data())) {
-      *keepalive = allocator->getHostAliasStorage(t.storage());
-      return static_cast<char*>(keepalive->mutable_data()) + t.storage_offset() * t.itemsize();
-    }
-  }
-#endif
-  (void)keepalive;
-  return nullptr;
-}
-
-#if defined(__linux__)
-// Bounce slots are backed by transparent huge pages where the kernel allows:
-// some virtual disks take O_DIRECT reads into 4 KiB pages several times
-// slower than into 2 MiB ones (measured: 5x). Destinations are not: fresh
-// huge pages cost more to fault in than they save where the host backs them
-// slowly (see bench/README.md), and destinations are touched only once.
-constexpr std::uint64_t kHugePage = 2ull << 20;
-
-// `length` bytes (a multiple of 4 KiB) of fresh memory starting on a huge
-// page boundary, with huge pages advised; nullptr if the mapping fails.
-void* map_huge_pages(std::uint64_t length) {
-  // Over-map by one huge page so the start can be aligned, then unmap the
-  // slack on both sides.
-  void* raw = ::mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) return nullptr;
-  const auto base = reinterpret_cast<std::uintptr_t>(raw);
-  const std::uintptr_t aligned = (base + kHugePage - 1) / kHugePage * kHugePage;
-  if (aligned > base) ::munmap(raw, aligned - base);
-  const std::uintptr_t tail = aligned + length;
-  if (base + length + kHugePage > tail) ::munmap(reinterpret_cast<void*>(tail), base + length + kHugePage - tail);
-  void* data = reinterpret_cast<void*>(aligned);
-  ::madvise(data, length, MADV_HUGEPAGE);  // advice only: 4 KiB pages still work
-  return data;
-}
-
-// A CPU tensor of `sizes` and `dtype` over map_huge_pages memory, or an
-// undefined tensor if the mapping fails.
-at::Tensor huge_page_tensor(std::uint64_t nbytes, at::IntArrayRef sizes, at::ScalarType dtype) {
-  // Only the start is 2 MiB aligned; the length is rounded to 4 KiB, so a
-  // partial last huge page falls back to small pages instead of wasting memory.
-  const std::uint64_t length = (nbytes + 4095) / 4096 * 4096;
-  void* data = map_huge_pages(length);
-  if (data == nullptr) return at::Tensor();
-  return at::from_blob(
-      data, sizes, [length](void* p) { ::munmap(p, length); },
-      at::TensorOptions().dtype(dtype).device(c10::Device("cpu")));
-}
-
-#endif
-
-// Copies out of staging slots into device tensors with non-blocking copies on
-// one stream (the caller's current stream when the load started); one event
-// per slot says when it is free again.
-class TorchStagedTarget final : public fast::StagedTarget {
- public:
-  TorchStagedTarget(const std::vector<at::Tensor>& tensors, const at::Tensor& staging,
-                    std::size_t slot_count, c10::Device device)
-      : staging_(staging), device_(device), stream_(c10::impl::VirtualGuardImpl(device.type()).getStream(device)) {
-    for (const at::Tensor& t : tensors) {
-      // A flat byte view of each destination, whatever its dtype.
-      bytes_.push_back(!t.defined() || t.nbytes() == 0
-                           ? at::Tensor()
-                           : at::from_blob(t.mutable_data_ptr(), {static_cast<std::int64_t>(t.nbytes())},
-                                           at::TensorOptions().dtype(at::kByte).device(device)));
-    }
-    if (!device.is_cpu()) {
-      for (std::size_t i = 0; i < slot_count; ++i) events_.emplace_back(device.type());
-    }
-  }
-
-  void copy_from_slot(std::size_t slot, const fast::Plan& plan, const fast::ReadOp& op,
-                      const void* src) override {
-    c10::StreamGuard guard(stream_);
-    std::int64_t src_offset = static_cast<const std::uint8_t*>(src) - staging_.const_data_ptr<std::uint8_t>();
-    for (std::size_t s = 0; s < op.segment_count; ++s) {
-      const fast::Segment& seg = plan.segments[op.first_segment + s];
-      const auto length = static_cast<std::int64_t>(seg.length);
-      if (device_.is_cpu()) {
-        // Host to host: a plain copy. Tensor::copy_ would fan out on torch's
-        // intra-op thread pool from inside our readers (oversubscription, and
-        // an abort where that pool cannot start its threads).
-        std::memcpy(static_cast<std::uint8_t*>(bytes_[seg.tensor].mutable_data_ptr()) + seg.tensor_offset,
-                    staging_.const_data_ptr<std::uint8_t>() + src_offset, seg.length);
-      } else {
-        bytes_[seg.tensor]
-            .narrow(0, static_cast<std::int64_t>(seg.tensor_offset), length)
-            .copy_(staging_.narrow(0, src_offset, length), /*non_blocking=*/true);
-      }
-      src_offset += length;
-    }
-    if (!events_.empty()) events_[slot].record(stream_);
-  }
-
-  void wait_slot(std::size_t slot) override {
-    if (!events_.empty()) events_[slot].synchronize();
-  }
-
-  // Every copy issued so far has finished.
-  void synchronize() const {
-    if (!device_.is_cpu()) stream_.synchronize();
-  }
-
- private:
-  at::Tensor staging_;
-  c10::Device device_;
-  c10::Stream stream_;
-  std::vector<at::Tensor> bytes_;
-  std::vector<c10::Event> events_;
-};
-
-// Staging memory: pinned where the device's host allocator can pin, so that
-// copies run asynchronously; pageable otherwise (copies are then synchronous,
-// which is still correct).
-at::Tensor allocate_staging(std::uint64_t bytes, c10::Device device) {
-  const auto options = at::TensorOptions().dtype(at::kByte);
-  try {
-    if (device.is_cuda()) {
-      try {
-        return at::empty({static_cast<std::int64_t>(bytes)}, options.pinned_memory(true));
-      } catch (const c10::OutOfMemoryError&) {
-        throw;
-      } catch (const c10::Error&) {
-        // No pinning allocator in this build; fall through to pageable memory.
-      }
-    }
-    return at::empty({static_cast<std::int64_t>(bytes)}, options);
-  } catch (const c10::Error& e) {
-    throw Error(ErrorCode::kOutOfMemory, "cannot allocate " + std::to_string(bytes) +
-                                             " bytes of staging memory: " + e.what_without_backtrace());
-  }
-}
-
-// `count` consecutive slots of `slot_bytes` (a multiple of kDirectIoAlign)
-// from the first kDirectIoAlign boundary of `owner`, which has room for them.
-std::vector<void*> carve_slots(const at::Tensor& owner, std::uint64_t slot_bytes, std::size_t count) {
-  const auto base = reinterpret_cast<std::uintptr_t>(owner.const_data_ptr<std::uint8_t>());
-  const std::uintptr_t aligned = (base + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
-  std::vector<void*> slots;
-  for (std::size_t i = 0; i < count; ++i) slots.push_back(reinterpret_cast<void*>(aligned + i * slot_bytes));
-  return slots;
-}
-
-// Host memory for `count` slots of `slot_bytes`: huge pages for bounce slots
-// on Linux (see map_huge_pages), torch's allocator (pinned for CUDA) otherwise.
-at::Tensor slot_memory(std::uint64_t slot_bytes, std::size_t count, bool bounce, c10::Device device) {
-  const std::uint64_t bytes = slot_bytes * count + kDirectIoAlign;  // bounded by staging_bytes + one slot
-  at::Tensor owner;
-#if defined(__linux__)
-  if (bounce) owner = huge_page_tensor(bytes, {static_cast<std::int64_t>(bytes)}, at::kByte);
-#endif
-  if (!owner.defined()) owner = allocate_staging(bytes, bounce ? c10::Device("cpu") : device);
-  return owner;
-}
 
 // Every shard's page cache residency is sampled over its data section.
 bool all_cached(const std::vector<fast::CacheMap>& caches, const Checkpoint& checkpoint) {
@@ -207,6 +26,8 @@ bool all_cached(const std::vector<fast::CacheMap>& caches, const Checkpoint& che
 }
 
 }  // namespace
+
+using detail::TorchStagedTarget;
 
 // Everything one load owns; the driver thread and waiters share it.
 class LoadState {
@@ -304,7 +125,7 @@ std::unique_ptr<Loading> Loading::start(std::shared_ptr<const Checkpoint> checkp
     if (!st->wanted[i]) continue;
     st->tensors[i] = empty_tensor(*st->infos[i], st->paths[i], device);
     if (st->tensors[i].nbytes() == 0) continue;
-    if (host_writable) st->host[i] = host_writable_pointer(st->tensors[i], &st->keepalive[i]);
+    if (host_writable) st->host[i] = detail::host_writable_pointer(st->tensors[i], &st->keepalive[i]);
     host_writable = host_writable && st->host[i] != nullptr;
   }
 
@@ -356,8 +177,8 @@ std::unique_ptr<Loading> Loading::start(std::shared_ptr<const Checkpoint> checkp
   }
   if (st->policy.slot_count > 0) {
     const bool bounce = st->policy.route == fast::ReadPolicy::Route::kDirect;
-    st->slot_owner = slot_memory(st->policy.slot_bytes, st->policy.slot_count, bounce, device);
-    st->slots = carve_slots(st->slot_owner, st->policy.slot_bytes, st->policy.slot_count);
+    st->slot_owner = detail::slot_memory(st->policy.slot_bytes, st->policy.slot_count, bounce, device);
+    st->slots = detail::carve_slots(st->slot_owner, st->policy.slot_bytes, st->policy.slot_count);
   }
   if (st->policy.route == fast::ReadPolicy::Route::kStaged) {
     st->target = std::make_unique<TorchStagedTarget>(st->tensors, st->slot_owner, st->slots.size(), device);

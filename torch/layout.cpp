@@ -1,3 +1,5 @@
+// Mapping the format onto torch: dtypes, sizes (F4 packed in pairs), and the
+// destination tensors a load allocates.
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -5,7 +7,6 @@
 #include <optional>
 
 #include "safeload/error.h"
-#include "safeload/reference.h"
 #include "safeload/torch.h"
 
 namespace safeload {
@@ -115,57 +116,4 @@ at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device 
   return out;
 }
 
-c10::Device parse_device(std::string_view device) {
-  std::optional<c10::Device> parsed;
-  try {
-    parsed = c10::Device(std::string(device));
-  } catch (const c10::Error&) {
-  }
-  SAFELOAD_CHECK(parsed.has_value(), ErrorCode::kInvalidArgument,
-                 "invalid device '" + std::string(device) + "' (expected e.g. 'cpu', 'cuda', 'cuda:1' or 'mps')");
-  SAFELOAD_CHECK(!parsed->is_cpu() || !parsed->has_index() || parsed->index() == 0, ErrorCode::kInvalidArgument,
-                 "invalid device '" + std::string(device) + "': there is one CPU device, 'cpu' (or 'cpu:0')");
-  SAFELOAD_CHECK(!parsed->is_meta(), ErrorCode::kInvalidArgument,
-                 "device 'meta' holds no data, so there is nothing to load into; load to 'cpu' or an "
-                 "accelerator, or build meta tensors from safeload.read_header");
-  return *parsed;
-}
-
-void check_device_usable(c10::Device device) {
-  parse_device(device.str());
-  if (device.is_cpu()) return;
-  try {
-    (void)at::empty({0}, at::TensorOptions().device(device));
-  } catch (const c10::Error& e) {
-    throw Error(ErrorCode::kInvalidArgument, "device '" + device.str() +
-                                                 "' cannot be used by this torch build: " +
-                                                 e.what_without_backtrace());
-  }
-}
-
-namespace reference {
-
-TensorMap load_file(const std::string& path, c10::Device device) {
-  check_device_usable(device);
-  const File file = File::open(path);
-  const Header header = Header::read(file);
-  check_torch_compatible(header, path);
-
-  std::vector<at::Tensor> host;
-  std::vector<void*> dst;
-  host.reserve(header.tensors().size());
-  for (const TensorInfo& t : header.tensors()) {
-    host.push_back(empty_tensor(t, path, c10::Device("cpu")));
-    dst.push_back(host.back().mutable_data_ptr());
-  }
-  safeload::reference::read_tensors(file, header, dst);
-
-  TensorMap out;
-  for (std::size_t i = 0; i < host.size(); ++i) {
-    out.emplace(header.tensors()[i].name, host[i].to(device));
-  }
-  return out;
-}
-
-}  // namespace reference
 }  // namespace safeload
