@@ -2,7 +2,7 @@
 // string: everything that needs a name or a size asks this table.
 //
 // Sizes are in bits because F4 and F6_* are sub-byte: a tensor's byte size is
-// numel * bits / 8 and must come out whole (see header.cpp).
+// numel * bits / 8 and must come out whole (see core/layout.cpp).
 #pragma once
 
 #include <array>
