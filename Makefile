@@ -162,6 +162,16 @@ AUTOPATCH_CHECK := "import importlib, sys, safetensors.torch as t; p = importlib
 clean:
 	rm -rf $(BUILD)
 
+# The header's JSON reader against simdjson's On-Demand API (bench/json_reader.cpp; the
+# figures are in core/json.h): the corpus, a 1,000,000-tensor header and the fuzz inputs
+# (run make fuzz-smoke first for more of them).
+.PHONY: bench-json
+bench-json: build
+	@dpkg -s libsimdjson-dev >/dev/null 2>&1 || $(MAKE) --no-print-directory system-deps APT_PACKAGES=libsimdjson-dev
+	$(CXX) -O2 -std=c++17 -DSIMDJSON_EXCEPTIONS=0 -Iinclude bench/json_reader.cpp $(BUILD)/libsafeload_core.a \
+	  -lsimdjson -o $(BUILD)/bench-json
+	$(BUILD)/bench-json fixtures/corpus fuzz/regressions $(wildcard $(FUZZ_BUILD)/corpus/*)
+
 # ---------------------------------------------------------------------------
 # The device check (bench/device_check.py, bench/README.md "On a GPU machine").
 #   make device-prep              here, with network: the peers' wheels for the GPU machine's
