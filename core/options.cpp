@@ -42,6 +42,13 @@ LoadOptions::Io parse_io(std::string_view io) {
   throw Error(ErrorCode::kInvalidArgument, "io must be 'auto', 'cached' or 'uncached', got '" + std::string(io) + "'");
 }
 
+LoadOptions::Backend parse_backend(std::string_view backend) {
+  if (backend == "mmap") return LoadOptions::Backend::kMmap;
+  if (backend == "pread") return LoadOptions::Backend::kPread;
+  throw Error(ErrorCode::kInvalidArgument,
+              "backend '" + std::string(backend) + "' is invalid (expected one of: 'mmap', 'pread', None)");
+}
+
 std::string_view io_name(LoadOptions::Io io) {
   switch (io) {
     case LoadOptions::Io::kAuto: return "auto";

@@ -21,15 +21,29 @@ void LoadControl::check_cancelled() {
 }
 
 void LoadControl::op_done(const Plan& plan, const ReadOp& op) {
-  bool completed = false;
+  // An op completes few tensors (most complete none): no allocation here.
+  constexpr std::size_t kInline = 8;
+  std::size_t done[kInline];
+  std::size_t n = 0;
+  std::vector<std::size_t> more;
   for (std::size_t s = 0; s < op.segment_count; ++s) {
     const Segment& seg = plan.segments[op.first_segment + s];
-    completed |= remaining_[seg.tensor].fetch_sub(seg.length, std::memory_order_acq_rel) == seg.length;
+    if (remaining_[seg.tensor].fetch_sub(seg.length, std::memory_order_acq_rel) == seg.length) {
+      if (n < kInline) {
+        done[n++] = seg.tensor;
+      } else {
+        more.push_back(seg.tensor);
+      }
+    }
   }
   bytes_done_.fetch_add(op.length, std::memory_order_relaxed);
-  if (completed) {
-    // Taking the lock orders the notification after a waiter's check.
-    { std::lock_guard<std::mutex> lock(mutex_); }
+  if (n > 0) {
+    // Under the lock: orders the notification after a waiter's check.
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      completed_.insert(completed_.end(), done, done + n);
+      completed_.insert(completed_.end(), more.begin(), more.end());
+    }
     cv_.notify_all();
   }
 }
@@ -64,6 +78,19 @@ bool LoadControl::wait_tensor(std::size_t i, long timeout_ms) {
   if (tensor_done(i)) return true;
   if (error_) std::rethrow_exception(error_);
   return false;
+}
+
+std::optional<std::size_t> LoadControl::wait_completed(std::size_t k, long timeout_ms) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  const auto ready = [&] { return finished_ || completed_.size() > k; };
+  if (timeout_ms < 0) {
+    cv_.wait(lock, ready);
+  } else {
+    cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready);
+  }
+  if (completed_.size() > k) return completed_[k];
+  if (error_) std::rethrow_exception(error_);
+  return std::nullopt;
 }
 
 void LoadControl::note_uncached(std::uint64_t bytes) noexcept {

@@ -34,16 +34,30 @@ std::uint64_t slot_bytes_for(std::uint64_t chunk_bytes, bool uncached) {
   return (chunk_bytes + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign + kDirectIoAlign;
 }
 
+std::uint64_t share_chunk_bytes(std::uint64_t total_bytes, std::size_t parts) {
+  constexpr std::uint64_t kUnit = 64ull << 10;
+  const std::uint64_t per_read = total_bytes / (kReadsPerShare * std::max<std::size_t>(parts, 1));
+  return std::clamp(per_read, kUnit, kMaxShareChunkBytes) / kUnit * kUnit;
+}
+
+Probes probes_needed(LoadOptions::Io io, bool host_writable, bool staged) {
+  // Bypassing the page cache needs O_DIRECT; into host-writable memory kAuto
+  // bypasses only what the cache lacks (so it asks the cache per read), while
+  // device targets read through the cache unless kUncached asks otherwise.
+  const bool host_route = host_writable && !staged;
+  Probes p;
+  p.open_uncached = io == LoadOptions::Io::kUncached || (io == LoadOptions::Io::kAuto && host_route);
+  p.map_cache = p.open_uncached && io == LoadOptions::Io::kAuto;
+  return p;
+}
+
 ReadPolicy decide_policy(const PolicyInput& in) {
   ReadPolicy p;
-  p.route = in.host_writable && !in.staged ? ReadPolicy::Route::kDirect : ReadPolicy::Route::kStaged;
-  const bool direct = p.route == ReadPolicy::Route::kDirect;
-  // Bypassing the page cache needs O_DIRECT; on the direct route kAuto
-  // bypasses only what the cache lacks, while device targets read through the
-  // cache unless kUncached asks otherwise.
-  const bool may_bypass = in.direct_io && (in.io == LoadOptions::Io::kUncached ||
-                                           (direct && in.io == LoadOptions::Io::kAuto));
-  p.check_cache = may_bypass && direct && in.io == LoadOptions::Io::kAuto;
+  p.route = in.host_writable && !in.staged ? ReadPolicy::Route::kHost : ReadPolicy::Route::kStaged;
+  const bool direct = p.route == ReadPolicy::Route::kHost;
+  const Probes probes = probes_needed(in.io, in.host_writable, in.staged);
+  const bool may_bypass = in.direct_io && probes.open_uncached;
+  p.check_cache = may_bypass && probes.map_cache;
   p.bypass = may_bypass && (in.io == LoadOptions::Io::kUncached || !in.all_cached);
 
   const std::size_t auto_threads =
@@ -52,6 +66,10 @@ ReadPolicy decide_policy(const PolicyInput& in) {
 
   if (in.chunk_bytes) {
     p.chunk_bytes = in.chunk_bytes;
+  } else if (in.parts > 1) {
+    // The same plan in every process: no input that differs between them
+    // (staging_bytes is an option, the same everywhere; a slot must hold a read).
+    p.chunk_bytes = std::min(share_chunk_bytes(in.data_bytes, in.parts), in.staging_bytes);
   } else {
     p.chunk_bytes = default_chunk_bytes(in.data_bytes, p.threads);
     if (p.bypass && direct) p.chunk_bytes = std::min(p.chunk_bytes, kUncachedChunkBytes);
@@ -74,6 +92,19 @@ ReadPolicy decide_policy(const PolicyInput& in) {
   const std::uint64_t fit = std::max<std::uint64_t>(in.staging_bytes / p.slot_bytes, 1);
   p.slot_count = static_cast<std::size_t>(std::min<std::uint64_t>(fit, per_thread * p.threads));
   return p;
+}
+
+bool serve_by_mapping(LoadOptions::Backend backend, bool host_device, bool all_cached) {
+  // Upstream maps unless told "pread"; measured on a warm 305 MiB checkpoint
+  // under transformers: mapping 0.12 s, reading into new memory 0.26 s (new
+  // pages are written at 0.5-3 GB/s here). Cold, reading wins by 1.8x.
+  return backend != LoadOptions::Backend::kPread && host_device && all_cached;
+}
+
+bool read_ahead_pays(const HandleUse& use) {
+  if (use.prefetch_asked) return true;
+  if (use.partial_reads > 0 || use.whole_reads < kReadAheadAfterReads) return false;
+  return use.listed_keys || 2 * use.asked >= use.tensors;
 }
 
 }  // namespace safeload::fast

@@ -4,7 +4,12 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <optional>
+#include <stdexcept>
+#include <string>
 
 #include "safeload/error.h"
 #include "safeload/torch.h"
@@ -90,30 +95,64 @@ std::optional<std::vector<std::int64_t>> contiguous_strides(const std::vector<st
 
 }  // namespace
 
-at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device device) {
-  const std::vector<std::int64_t> sizes = torch_sizes(t, path);
-  const auto options = at::TensorOptions().dtype(torch_dtype(t, path)).device(device);
-  at::Tensor out;
-  try {
-    if (const auto strides = contiguous_strides(sizes)) {
-      out = at::empty(sizes, options);
-    } else {
-      // No element, so any strides describe it; torch's own would overflow
-      // (e.g. shape [0, 2^62, 2^62]). Upstream loads such tensors too.
-      out = at::empty_strided(sizes, std::vector<std::int64_t>(sizes.size(), 1), options);
-    }
-  } catch (const c10::Error& e) {
-    // torch reports allocation failure as OutOfMemoryError on devices and as
-    // a plain Error from the CPU allocator.
-    const bool oom = dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr ||
-                     std::string_view(e.what_without_backtrace()).find("alloc") != std::string_view::npos;
-    if (!oom) throw;
-    throw Error(ErrorCode::kOutOfMemory, "cannot allocate " + std::to_string(t.nbytes()) + " bytes on " +
-                                             device.str() + " for " + describe(t, path) + ": " +
-                                             e.what_without_backtrace());
+namespace {
+
+// CPU memory of our own rather than torch's CPU allocator, whose failure is a
+// plain c10::Error known only by its message: posix_memalign says ENOMEM.
+// 64-byte aligned, as torch's allocator aligns; freed with the tensor.
+at::Tensor empty_cpu(const std::vector<std::int64_t>& sizes, const std::vector<std::int64_t>& strides,
+                     std::uint64_t nbytes, at::ScalarType dtype, const std::function<std::string()>& what) {
+  constexpr std::size_t kAlign = 64;
+  void* data = nullptr;
+  const int rc = ::posix_memalign(&data, kAlign, std::max<std::uint64_t>(nbytes, 1));
+  if (rc != 0) {
+    throw Error(ErrorCode::kOutOfMemory, "cannot allocate " + std::to_string(nbytes) + " bytes on cpu for " +
+                                             what() + ": " + std::strerror(rc));
   }
-  SAFELOAD_INTERNAL_ASSERT(out.nbytes() == t.nbytes(), "torch size must match the header's");
+  return at::from_blob(data, sizes, strides, [](void* p) { std::free(p); },
+                       at::TensorOptions().dtype(dtype).device(c10::Device("cpu")));
+}
+
+}  // namespace
+
+at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device device,
+                        const std::vector<std::int64_t>* part) {
+  const std::vector<std::int64_t> sizes = part ? *part : torch_sizes(t, path);
+  const at::ScalarType dtype = torch_dtype(t, path);
+  const auto options = at::TensorOptions().dtype(dtype).device(device);
+  // No element, so any strides describe it; torch's own would overflow
+  // (e.g. shape [0, 2^62, 2^62]). Upstream loads such tensors too.
+  const std::optional<std::vector<std::int64_t>> contiguous = contiguous_strides(sizes);
+  const std::vector<std::int64_t> strides = contiguous ? *contiguous : std::vector<std::int64_t>(sizes.size(), 1);
+  std::uint64_t nbytes = t.nbytes();
+  if (part) {
+    nbytes = c10::elementSize(dtype);
+    for (std::int64_t d : sizes) nbytes *= static_cast<std::uint64_t>(d);
+  }
+  at::Tensor out;
+  if (device.is_cpu()) {
+    out = empty_cpu(sizes, strides, nbytes, dtype, [&] { return describe(t, path); });
+  } else {
+    try {
+      out = at::empty_strided(sizes, strides, options);
+    } catch (const c10::OutOfMemoryError& e) {
+      throw Error(ErrorCode::kOutOfMemory, "cannot allocate " + std::to_string(nbytes) + " bytes on " + device.str() +
+                                               " for " + describe(t, path) + ": " + e.what_without_backtrace());
+    }
+  }
+  SAFELOAD_INTERNAL_ASSERT(out.nbytes() == nbytes, "torch size must match the header's");
   return out;
+}
+
+const at::Tensor& TensorMap::at(const std::string& name) const {
+  const auto it = index_.find(name);
+  if (it == index_.end()) throw std::out_of_range("no tensor named '" + name + "'");
+  return items_[it->second].second;
+}
+
+void TensorMap::emplace(std::string name, at::Tensor tensor) {
+  index_.emplace(name, items_.size());
+  items_.emplace_back(std::move(name), std::move(tensor));
 }
 
 }  // namespace safeload

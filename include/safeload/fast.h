@@ -17,8 +17,10 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "safeload/file.h"
@@ -89,6 +91,17 @@ inline constexpr std::uint64_t kCancelCheckBytes = 8ull << 20;
 // More staging slots than this per thread only add events and pinned memory.
 inline constexpr std::size_t kMaxSlotsPerThread = 4;
 
+// What to find out about the files before deciding: whether a load could
+// bypass the page cache at all (then the files are opened with O_DIRECT too),
+// and whether it asks the page cache per read (then residency maps are made).
+// A pure function of the options and the destinations, used by whoever
+// gathers a PolicyInput, so the rule lives here alone.
+struct Probes {
+  bool open_uncached = false;
+  bool map_cache = false;
+};
+Probes probes_needed(LoadOptions::Io io, bool host_writable, bool staged);
+
 struct PolicyInput {
   LoadOptions::Io io = LoadOptions::Io::kAuto;
   std::size_t threads = 0;          // as asked (0: choose)
@@ -101,13 +114,17 @@ struct PolicyInput {
   bool direct_io = false;           // every file opened with O_DIRECT
   bool all_cached = true;           // sampled: the page cache holds every file
   bool prefault = true;             // the prefault option
+  // A load split into this many shares (one per process): then the plan,
+  // and so the chunk size, must be the same in every process, whatever its
+  // cores or page cache, so the chunk depends on data_bytes and parts alone.
+  std::size_t parts = 1;
 };
 
 struct ReadPolicy {
-  // kDirect: reads land in host-writable destinations (cached bytes with one
+  // kHost: reads land in host-writable destinations (cached bytes with one
   // preadv, uncached ones through bounce slots when `bypass`). kStaged: every
   // read fills a slot, and a copy target moves it on.
-  enum class Route { kDirect, kStaged } route = Route::kDirect;
+  enum class Route { kHost, kStaged } route = Route::kHost;
   // Read bytes the page cache lacks with O_DIRECT (needs direct_io).
   bool bypass = false;
   // Ask the CacheMap per read (kAuto on the direct route); otherwise every
@@ -124,18 +141,76 @@ struct ReadPolicy {
 
 ReadPolicy decide_policy(const PolicyInput& in);
 
+// Whether a handle opened with upstream's choice of `backend` should serve a
+// file by mapping its page cache (as upstream does) rather than by reading it
+// into memory of its own: only where mapping is what the caller asked for
+// (backend mmap, or none given where upstream's default maps), the tensors go
+// to host memory, and the page cache already holds the whole file. There a
+// mapping hands out pages the cache has, while a read must first write each
+// destination page anew; anywhere else reading wins or mapping is not asked.
+bool serve_by_mapping(LoadOptions::Backend backend, bool host_device, bool all_cached);
+
+// What a file handle (safe_open) has seen its caller do, to decide whether
+// to read ahead: the caller asks one tensor at a time, and a handle reads
+// each as asked unless the caller evidently wants most of the file.
+struct HandleUse {
+  std::size_t tensors = 0;         // in the file
+  std::size_t asked = 0;           // distinct tensors asked for (get_tensor, get_slice)
+  std::size_t whole_reads = 0;     // reads of a whole tensor so far
+  std::size_t partial_reads = 0;   // reads of part of a tensor so far
+  bool listed_keys = false;        // keys() or offset_keys() was called
+  bool prefetch_asked = false;     // the caller asked for read-ahead explicitly
+};
+// Read every tensor not yet handed out in the background, now: when asked
+// explicitly; or when the caller reads whole tensors only, has read
+// kReadAheadAfterReads of them, and has either listed the keys (a loop over
+// them) or asked for at least half of the tensors (transformers asks for a
+// slice of every key before reading any). A caller that reads a few
+// tensors, or parts of tensors (tensor parallelism), reads those alone.
+inline constexpr std::size_t kReadAheadAfterReads = 2;
+bool read_ahead_pays(const HandleUse& use);
+
 // The policy's choices when nothing is forced.
 std::size_t default_threads(std::size_t cores);
 std::uint64_t default_chunk_bytes(std::uint64_t total_bytes, std::size_t threads);
+// For a load split into `parts` shares: about kReadsPerShare reads per share
+// (each share then within a few percent of 1/parts), at most
+// kMaxShareChunkBytes, in whole 64 KiB units.
+inline constexpr std::uint64_t kReadsPerShare = 32;
+inline constexpr std::uint64_t kMaxShareChunkBytes = 16ull << 20;
+std::uint64_t share_chunk_bytes(std::uint64_t total_bytes, std::size_t parts);
 // Hardware threads of this machine (at least 1).
 std::size_t hardware_cores();
 
 // ---------------------------------------------------------------------------
-// Planning: a pure function from headers and a chunk size to read operations.
+// Planning: a pure function from headers, what is wanted of each tensor and a
+// chunk size to read operations.
+
+// The part of a tensor a load reads, as byte geometry: the tensor's bytes seen
+// as [outer][extent][inner_bytes], and of each of the `outer` blocks the rows
+// [start, stop) of `extent`. A range along one dimension of a row-major tensor
+// is such a part (outer: the product of the dimensions before it; extent: its
+// size; inner_bytes: the bytes of one index of it); the whole tensor is
+// outer = 1, extent = 1, start = 0, stop = 1. The bytes read land packed, in
+// order, at the start of the destination.
+struct Selection {
+  std::uint64_t outer = 1;
+  std::uint64_t extent = 1;
+  std::uint64_t inner_bytes = 0;
+  std::uint64_t start = 0;
+  std::uint64_t stop = 1;
+
+  static Selection whole(std::uint64_t nbytes) { return Selection{1, 1, nbytes, 0, 1}; }
+  std::uint64_t bytes() const noexcept { return outer * (stop - start) * inner_bytes; }
+  // Runs of contiguous file bytes it takes: one, or one per outer block.
+  std::uint64_t runs() const noexcept {
+    return bytes() == 0 ? 0 : (stop - start == extent || outer == 1) ? 1 : outer;
+  }
+};
 
 // One destination piece of a read: `length` bytes for tensor `tensor` (an
 // index into the tensors of all planned headers, in order), at
-// `tensor_offset` within it.
+// `tensor_offset` within its destination.
 struct Segment {
   std::size_t tensor;
   std::uint64_t tensor_offset;
@@ -144,8 +219,8 @@ struct Segment {
 
 // One positional read of file `file` (an index into the planned headers): a
 // contiguous range scattered into consecutive segments
-// (plan.segments[first_segment, first_segment + segment_count)). Small
-// neighbouring tensors share one op (one preadv); a tensor larger than the
+// (plan.segments[first_segment, first_segment + segment_count)). Neighbouring
+// pieces of file bytes share one op (one preadv); a piece larger than the
 // chunk size is split across several ops. No op spans two files.
 struct ReadOp {
   std::size_t file;
@@ -156,9 +231,9 @@ struct ReadOp {
 };
 
 struct Plan {
-  std::vector<ReadOp> ops;  // file by file, in file order, covering each data section once
+  std::vector<ReadOp> ops;  // file by file, in file order
   std::vector<Segment> segments;
-  std::vector<std::uint64_t> tensor_bytes;  // per tensor, all headers in order
+  std::vector<std::uint64_t> tensor_bytes;  // bytes read per tensor, all headers in order
   std::uint64_t chunk_bytes = 0;
   std::uint64_t total_bytes = 0;
 };
@@ -166,14 +241,42 @@ struct Plan {
 // preadv takes at most IOV_MAX (1024 on Linux and macOS) buffers per call.
 inline constexpr std::size_t kMaxSegmentsPerOp = 512;
 
-// Plans reads of every tensor of every header (or, with `wanted`, of the
-// tensors it flags: one flag per tensor of all headers; the others get no
-// segment and count zero bytes). Each op is at most `chunk_bytes` long and
-// has at most kMaxSegmentsPerOp segments; zero-byte tensors get no segment.
-// chunk_bytes must be > 0.
+// Plans reads of every tensor of every header, or, with `selections` (one per
+// tensor of all headers, nullopt for a tensor not read), of the part each
+// selects. Each op is at most `chunk_bytes` long and has at most
+// kMaxSegmentsPerOp segments; zero-byte parts get no segment. chunk_bytes
+// must be > 0; a selection must describe its tensor's bytes
+// (outer * extent * inner_bytes == nbytes, start <= stop <= extent), else
+// Error(kInvalidArgument).
 Plan plan_reads(const std::vector<const Header*>& headers, std::uint64_t chunk_bytes,
-                const std::vector<bool>* wanted = nullptr);
+                const std::vector<std::optional<Selection>>* selections = nullptr);
 Plan plan_reads(const Header& header, std::uint64_t chunk_bytes);
+
+// A range [start, stop) of dimension `dim` of a row-major tensor.
+struct DimRange {
+  std::size_t dim = 0;
+  std::uint64_t start = 0;
+  std::uint64_t stop = 0;
+};
+// What a separate run of file bytes costs beyond its bytes, in bytes: a read
+// call, and on a cold file a separate request to the device.
+inline constexpr std::uint64_t kRunCostBytes = 16ull << 10;
+// Of `candidates`, ranges of a tensor of `sizes` and `nbytes` bytes each of
+// which holds everything a caller wants of it, the index of the cheapest to
+// read: bytes read plus kRunCostBytes per run. Ties go to the earlier. No
+// candidate: nullopt. Error(kInvalidArgument) for a range outside `sizes`.
+std::optional<std::size_t> cheapest_range(const std::vector<std::uint64_t>& sizes, std::uint64_t nbytes,
+                                          const std::vector<DimRange>& candidates);
+
+// The plan's ops cut into `parts` contiguous shares balanced by bytes, as
+// [first, last) op ranges: op k goes to the part its byte midpoint falls in,
+// so no share is off 1/parts by more than one op. parts >= 1.
+std::vector<std::pair<std::size_t, std::size_t>> split_shares(const Plan& plan, std::size_t parts);
+
+// The plan restricted to share `part` of `parts` (split_shares): its ops, and
+// total_bytes their bytes. Segments and tensor_bytes are kept, so a tensor the
+// share covers in part never completes.
+Plan share_of(const Plan& plan, std::size_t part, std::size_t parts);
 
 // ---------------------------------------------------------------------------
 // Executor: runs independent work items on several threads.
@@ -220,6 +323,12 @@ class LoadControl {
   // ended without completing the tensor.
   bool wait_tensor(std::size_t i, long timeout_ms = -1);
   bool tensor_done(std::size_t i) const { return remaining_[i].load(std::memory_order_acquire) == 0; }
+  // The k-th tensor (from 0) to complete by a read, in the order they
+  // completed, once there is one: waits up to `timeout_ms` (negative: no
+  // limit). nullopt on timeout, or when the load ended with fewer (then
+  // rethrows its error if it failed). Tensors of no bytes never complete by
+  // a read and are not counted.
+  std::optional<std::size_t> wait_completed(std::size_t k, long timeout_ms = -1);
   // Reads that bypassed the page cache, for the load report.
   void note_uncached(std::uint64_t bytes) noexcept;
   std::uint64_t ops_uncached() const noexcept { return ops_uncached_.load(std::memory_order_relaxed); }
@@ -237,6 +346,7 @@ class LoadControl {
   std::atomic<std::uint64_t> bytes_uncached_{0};
   std::unique_ptr<std::atomic<std::uint64_t>[]> remaining_;  // bytes per tensor
   mutable std::mutex mutex_;
+  std::vector<std::size_t> completed_;  // tensors in the order their last byte came
   std::condition_variable cv_;
   bool finished_ = false;
   std::exception_ptr error_;

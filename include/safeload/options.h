@@ -52,6 +52,10 @@ struct LoadOptions {
   // they do without. False leaves every page to fault in where a read first
   // writes it.
   bool prefault = true;
+  // Upstream's choice between mapping the file and reading it ("mmap",
+  // "pread"), where a caller gave one. safeload reads either way; it is kept
+  // so that what was asked can be reported and honoured where it matters.
+  enum class Backend { kUnspecified, kMmap, kPread } backend = Backend::kUnspecified;
   // Called by reader threads between reads (from several threads at once:
   // must be thread-safe and cheap); returning true stops the load, which then
   // throws Error(kCancelled) once every reader has stopped and every buffer
@@ -65,5 +69,11 @@ void validate(const LoadOptions& options);
 // "auto", "cached" or "uncached"; anything else is Error(kInvalidArgument).
 LoadOptions::Io parse_io(std::string_view io);
 std::string_view io_name(LoadOptions::Io io);
+// "mmap" or "pread" (upstream's values); anything else is Error(kInvalidArgument).
+LoadOptions::Backend parse_backend(std::string_view backend);
+
+// The options' names, as the bindings accept them.
+inline constexpr std::string_view kOptionNames[] = {"threads", "chunk_bytes", "staging_bytes", "staged",
+                                                    "io",      "prefault",    "backend"};
 
 }  // namespace safeload

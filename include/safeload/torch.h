@@ -8,13 +8,14 @@
 #include <c10/core/Device.h>
 #include <c10/core/Stream.h>
 
-#include <map>
+#include <unordered_map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -24,8 +25,28 @@
 
 namespace safeload {
 
-// Name -> tensor, for a whole file or checkpoint.
-using TensorMap = std::map<std::string, at::Tensor>;
+// Tensors by name in file order (shard by shard, data order within a
+// shard), as upstream orders one file's: iteration gives (name, tensor)
+// pairs in that order; at(name) looks one up.
+class TensorMap {
+ public:
+  using value_type = std::pair<std::string, at::Tensor>;
+  using const_iterator = std::vector<value_type>::const_iterator;
+
+  const_iterator begin() const noexcept { return items_.begin(); }
+  const_iterator end() const noexcept { return items_.end(); }
+  std::size_t size() const noexcept { return items_.size(); }
+  bool empty() const noexcept { return items_.empty(); }
+  // The tensor `name`; std::out_of_range if there is none.
+  const at::Tensor& at(const std::string& name) const;
+  std::size_t count(const std::string& name) const { return index_.count(name); }
+  // Appends (names are unique in a checkpoint).
+  void emplace(std::string name, at::Tensor tensor);
+
+ private:
+  std::vector<value_type> items_;
+  std::unordered_map<std::string, std::size_t> index_;
+};
 
 // torch's dtype for tensor `t` of file `path`. Throws Error(kUnsupportedDtype)
 // naming both when torch has no equivalent (F6_E2M3, F6_E3M2).
@@ -41,10 +62,12 @@ std::vector<std::int64_t> torch_sizes(const TensorInfo& t, std::string_view path
 // allocated or read (no partial results). Throws as torch_dtype/torch_sizes.
 void check_torch_compatible(const Header& header, std::string_view path);
 
-// An uninitialised contiguous tensor for `t` on `device` (torch's allocators
-// align data to at least 64 bytes, whatever the file's offsets). Throws
-// Error(kOutOfMemory) naming the tensor and its size if it cannot be had.
-at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device device);
+// An uninitialised contiguous tensor for `t` on `device`, of torch_sizes(t),
+// or of `sizes` where given (a part of it), data aligned to at least 64 bytes
+// whatever the file's offsets. Throws Error(kOutOfMemory) naming the tensor
+// and its size if the memory cannot be had.
+at::Tensor empty_tensor(const TensorInfo& t, std::string_view path, c10::Device device,
+                        const std::vector<std::int64_t>* sizes = nullptr);
 
 // Parses "cpu", "cuda", "cuda:1", "mps", ... Throws Error(kInvalidArgument)
 // for what torch cannot parse, a CPU index other than 0, and "meta" (a load
@@ -57,8 +80,41 @@ c10::Device parse_device(std::string_view device);
 void check_device_usable(c10::Device device);
 
 // What a load did, for users and tests to observe rather than guess.
+// What a load reads of one tensor: nothing, all of it, or the indices
+// [start, stop) of dimension `dim` (in torch's sizes: F4 counted in pairs
+// along its last dimension), every other dimension whole. The tensor handed
+// out then has that dimension's size stop - start.
+struct TensorRequest {
+  enum class Kind { kSkip, kWhole, kRange } kind = Kind::kWhole;
+  std::int64_t dim = 0;
+  std::int64_t start = 0;
+  std::int64_t stop = 0;
+
+  static TensorRequest skip() { return {Kind::kSkip}; }
+  static TensorRequest range(std::int64_t dim, std::int64_t start, std::int64_t stop) {
+    return {Kind::kRange, dim, start, stop};
+  }
+};
+
+// What a load reads: per tensor of the checkpoint in file order (empty: every
+// tensor whole), and, for a load split across processes, which share of the
+// plan this process reads (part of parts; the plan and its shares are the
+// same in every process given the same checkpoint, request and options).
+struct LoadRequest {
+  std::vector<TensorRequest> tensors;
+  std::size_t part = 0;
+  std::size_t parts = 1;
+
+  // The named tensors, each read as its TensorRequest says; the others
+  // skipped. Error(kInvalidArgument) for a name the checkpoint lacks.
+  static LoadRequest of(const Checkpoint& checkpoint,
+                        const std::vector<std::pair<std::string, TensorRequest>>& wanted);
+  // Only the named tensors, whole.
+  static LoadRequest only(const Checkpoint& checkpoint, const std::vector<std::string>& names);
+};
+
 struct LoadReport {
-  std::string route;               // "direct" (into host-writable memory) or "staged"
+  std::string route;               // "host" (into host-writable memory) or "staged"
   std::string io;                  // the io option: auto, cached or uncached
   bool bypass = false;             // some reads could bypass the page cache (O_DIRECT)
   std::size_t files = 0;
@@ -85,42 +141,44 @@ class LoadState;  // internal
 // for the readers). Methods are thread-safe.
 class Loading {
  public:
-  // `only` (optional): names of the tensors to load; the others are neither
-  // allocated nor read. Throws Error(kInvalidArgument) for a name not in the
-  // checkpoint.
-  // `ops` (optional): read only these ops (indices into
-  // fast::plan_reads(every shard's header, options.chunk_bytes), which must
-  // then be given): a share of the bytes, for loads split across processes.
-  // Every tensor is still allocated; wait() then serves only tensors the
-  // share covers whole, and take_all() returns every tensor once the share
-  // is read.
+  // `request`: what to read (see LoadRequest); by default every tensor whole.
+  // Error(kInvalidArgument) for a request that does not fit the checkpoint.
+  // Of a share (request.parts > 1) every requested tensor is allocated;
+  // wait() serves only the tensors the share covers whole, and take_all()
+  // returns every requested tensor once the share is read.
   static std::unique_ptr<Loading> start(Checkpoint checkpoint, c10::Device device,
-                                        const LoadOptions& options = {},
-                                        const std::vector<std::string>* only = nullptr,
-                                        const std::vector<std::size_t>* ops = nullptr);
+                                        const LoadOptions& options = {}, const LoadRequest& request = {});
   // The same over a checkpoint opened once and shared by several loads (its
   // headers are validated once; its files stay open while any load uses it).
   static std::unique_ptr<Loading> start(std::shared_ptr<const Checkpoint> checkpoint, c10::Device device,
-                                        const LoadOptions& options = {},
-                                        const std::vector<std::string>* only = nullptr,
-                                        const std::vector<std::size_t>* ops = nullptr);
+                                        const LoadOptions& options = {}, const LoadRequest& request = {});
   ~Loading();
   Loading(const Loading&) = delete;
   Loading& operator=(const Loading&) = delete;
 
   // Every tensor of the checkpoint in file order (shard by shard, data
-  // order within a shard), loaded or not.
+  // order within a shard), requested or not.
   std::size_t size() const;
   const TensorInfo& info(std::size_t i) const;
   // Index of `name`, or nullopt.
   std::optional<std::size_t> find(std::string_view name) const;
-  bool loaded(std::size_t i) const;  // part of this load (see `only`)
+  // Whether tensor i is part of this load's request.
+  bool wanted(std::size_t i) const;
+  // The pieces of destination bytes share `part` of `parts` of this load's
+  // plan reads, as (tensor, offset, length), runs of one tensor merged: what
+  // the process reading that share has and the others lack.
+  std::vector<std::tuple<std::size_t, std::uint64_t, std::uint64_t>> share_pieces(std::size_t part) const;
 
   // Waits up to `timeout_ms` (negative: no limit) for tensor i; returns it,
   // or an undefined tensor on timeout. Throws the load's error if the load
   // failed or was cancelled before the tensor was complete, and
   // Error(kInvalidArgument) for a tensor not part of this load.
   at::Tensor wait(std::size_t i, long timeout_ms = -1);
+  // The next requested tensor to be complete, each once, in the order they
+  // became complete (tensors of no bytes first, in file order): its index,
+  // size() once every one has been returned, nullopt after `timeout_ms`.
+  // Throws the load's error if it failed first. Not for a share of a load.
+  std::optional<std::size_t> wait_next(long timeout_ms = -1);
   // Waits up to `timeout_ms` for the whole load; true once it has ended.
   // Does not throw; error() says how it ended.
   bool wait_done(long timeout_ms = -1);

@@ -22,7 +22,7 @@ from safeload import _extension
 _C = _extension.load()
 
 from safeload import _loading  # noqa: E402
-from safeload._device import DeviceLike, device_string  # noqa: E402
+from safeload._device import DeviceLike  # noqa: E402
 from safeload._errors import SafetensorError  # noqa: E402
 
 __all__ = ["load_file", "load", "load_checkpoint", "safe_open", "patch", "unpatch", "read_header",
@@ -79,31 +79,20 @@ def load_file(
     the copies, and that work overlaps the reads; ``False`` lets each page
     fault in where a read first writes it. The result is byte-identical to
     ``safeload.reference.load_file``. ``report``, a dict, is filled with what
-    the load did: the route (``"direct"`` or ``"staged"``), threads, chunk
-    size, slots, and the reads and bytes that bypassed the page cache.
+    the load did: the route (``"host"``: straight into host memory, or
+    ``"staged"``), threads, chunk size, slots, and the reads and bytes that
+    bypassed the page cache. ``backend`` (upstream's ``"mmap"`` or
+    ``"pread"``) is accepted and reads the same way: the tensors own their
+    memory, as with upstream's ``"pread"``; anything else is
+    ``SafetensorError`` ``INVALID_ARGUMENT`` as upstream refuses it.
 
     Raises ``safeload.SafetensorError`` (a ``ValueError``, with ``.code``) for
     a malformed file and ``OSError`` when the file cannot be read; nothing is
     returned on error.
     """
-    _check_backend(backend)
     return _loading.load([path], device, threads=threads, chunk_bytes=chunk_bytes,
                          staging_bytes=staging_bytes, staged=staged, io=io, prefault=prefault,
-                         report=report)
-
-
-#: ``backend`` values upstream accepts; safeload reads the same way for all.
-BACKENDS = (None, "mmap", "pread")
-
-
-def _check_backend(backend: Optional[str]) -> None:
-    """``backend`` is upstream's choice between mapping the file and reading
-    it. safeload never maps: its tensors always own their memory (as with
-    upstream's ``"pread"``), so the value is accepted and ignored; anything
-    else is refused as upstream refuses it."""
-    if backend not in BACKENDS:
-        raise SafetensorError(f"backend {backend!r} is invalid (expected one of: 'mmap', 'pread', None)",
-                              "INVALID_ARGUMENT")
+                         backend=backend, report=report)
 
 
 def load(data: bytes, device: DeviceLike = "cpu", **options) -> Dict[str, torch.Tensor]:
@@ -187,7 +176,6 @@ def load_checkpoint(src, device: DeviceLike = "cpu", *, progress=None,
     """
     from safeload import _progress
 
-    _check_backend(options.pop("backend", None))
     return _loading.load(src, device, progress=_progress.resolve(progress), **options)
 
 

@@ -10,23 +10,26 @@ with no exchange.
 
 How a replicated load runs, on every rank:
 
-1. Prepare: resolve the shard files, read and validate their headers, and
-   plan the reads over every shard with one explicit chunk size (so every
-   rank computes the same plan, ``_C.plan``). The plan's reads are cut into
-   one contiguous, byte-balanced share per rank (per node-local rank with
-   ``per_node=True``).
+1. Prepare: open the checkpoint (every shard's header read and validated,
+   an index checked against them) and check the options.
 2. The ranks agree: each sends a small fixed-size status (its error, if
    any, and a digest of what it planned) to all others. If any rank failed,
    every rank raises that rank's error (the lowest failing rank's), naming
    it; if two ranks planned different checkpoints, every rank raises
    ``ValueError``.
-3. Read: ``_C.Loading(ops=share)`` allocates every destination on the
-   device and reads this rank's share into it. The ranks agree again.
-4. Exchange: for each rank's share in turn, its bytes are broadcast from
-   that rank, at most ``EXCHANGE_BYTES`` per collective: large runs of one
-   tensor straight from and into the destinations, small tensors packed
-   into a bounded buffer. The ranks agree a last time, and only then is
-   anything returned.
+3. Read: the loader plans the reads over every shard, a pure function of
+   the checkpoint and the options (so every rank computes the same plan),
+   cuts them into one contiguous, byte-balanced share per rank (per
+   node-local rank with ``per_node=True``), allocates every destination on
+   the device and reads this rank's share into it. The ranks agree again.
+4. Exchange: for each rank's share in turn (the destination bytes it read,
+   as the loader lists them), its bytes are broadcast from that rank, at
+   most ``EXCHANGE_BYTES`` per collective: large runs of one tensor straight
+   from and into the destinations, small tensors packed into a bounded
+   buffer. The ranks agree a last time, and only then is anything returned.
+
+A sharded load asks the same loader for a range of one dimension of each
+sharded tensor (and the rest whole): no bytes are read here.
 
 Every collective waits at most ``timeout`` (default: the group's timeout);
 past it the rank raises ``TimeoutError``. A rank that fails before a
@@ -43,7 +46,7 @@ import os
 import socket
 import struct
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -56,10 +59,6 @@ __all__ = ["load_checkpoint", "split", "MODES"]
 
 MODES = ("replicate", "shard")
 
-#: The largest chunk an automatic plan uses (each rank's share is cut at
-#: chunk boundaries; smaller checkpoints get smaller chunks, so that every
-#: rank's share stays within a few percent of 1/ranks).
-MAX_AUTO_CHUNK_BYTES = 16 << 20
 #: The most bytes one collective of the exchange moves (and the size of a
 #: pack buffer: at most ``_DEPTH`` of them exist at a time).
 EXCHANGE_BYTES = 32 << 20
@@ -69,8 +68,6 @@ _IN_PLACE_BYTES = 1 << 20
 _DEPTH = 2
 #: Bytes of the status every rank sends at each agreement.
 _STATUS_BYTES = 16384
-#: The host bounce buffer for slices read for a device that is not the CPU.
-_BOUNCE_BYTES = 64 << 20
 
 Slice = Tuple[int, Optional[int], Optional[int]]  # (dim, start, stop)
 ShardSpec = Union[Slice, Callable[[int, int, List[int]], Slice]]
@@ -108,7 +105,9 @@ def load_checkpoint(src, device: DeviceLike = "cpu", *, group: Optional[dist.Pro
 
     ``src`` is what ``safeload.load_checkpoint`` takes: a file, a directory,
     an index or a list of files. ``options`` are its load options; a
-    ``chunk_bytes`` given here is the plan's chunk size on every rank.
+    ``chunk_bytes`` given here is the plan's chunk size on every rank
+    (by default the loader picks one from the checkpoint's size and the
+    number of ranks alone, so that every rank plans the same reads).
 
     ``mode="replicate"`` (default): every rank ends with every tensor,
     bitwise equal to ``safeload.load_checkpoint(src, device)`` and in its
@@ -153,7 +152,7 @@ def load_checkpoint(src, device: DeviceLike = "cpu", *, group: Optional[dist.Pro
     comm = _Comm(group if group is not None else dist.group.WORLD, device, timeout)
     started = time.perf_counter()
     out: Dict[str, Any] = {"mode": mode, "rank": comm.rank, "ranks": comm.size, "read_ranks": [comm.rank],
-                           "bytes_read": 0, "bytes_sent": 0, "bytes_received": 0,
+                           "chunk_bytes": 0, "bytes_read": 0, "bytes_sent": 0, "bytes_received": 0,
                            "seconds_read": 0.0, "seconds_exchange": 0.0}
 
     # 1. Prepare, then agree.
@@ -172,7 +171,6 @@ def load_checkpoint(src, device: DeviceLike = "cpu", *, group: Optional[dist.Pro
                          f"tensors, shapes, chunk_bytes, mode or per_node): every rank must load the same "
                          f"checkpoint with the same options")
     assert prepared is not None
-    out["chunk_bytes"] = prepared.chunk_bytes
     out["bytes_total"] = prepared.bytes_total
 
     if mode == "shard":
@@ -308,25 +306,14 @@ def _node_name() -> str:
 
 class _Prepared:
     def __init__(self):
-        self.files: List[bytes] = []
-        self.one = b""                 # the source, when the C++ side resolves it (checks the index)
+        self.checkpoint: Any = None    # _C.Checkpoint: every shard validated, the index checked
         self.device = "cpu"
         self.options: dict = {}
         self.headers: List[dict] = []
         self.names: List[str] = []
-        self.chunk_bytes = 0
         self.bytes_total = 0
-        self.plan: list = []
         self.slices: Dict[str, Tuple[int, int, int]] = {}
         self.digest = ""
-
-
-def _auto_chunk(total: int, parts: int) -> int:
-    """About 32 reads per share (a share is then within about 3% of
-    1/parts), at most MAX_AUTO_CHUNK_BYTES, whole 64 KiB units."""
-    unit = 64 << 10
-    chunk = min(MAX_AUTO_CHUNK_BYTES, max(unit, total // (32 * max(parts, 1))))
-    return chunk // unit * unit
 
 
 def _prepare(src, device, mode, per_node, shards, comm: _Comm, options: dict) -> _Prepared:
@@ -338,48 +325,27 @@ def _prepare(src, device, mode, per_node, shards, comm: _Comm, options: dict) ->
         raise TypeError(f"shards must be a mapping of tensor name to (dim, start, stop) or a callable, "
                         f"not {type(shards).__name__}")
     p = _Prepared()
-    p.options = _loading._options(dict(options))
+    p.options = dict(options)
     p.device = device_string(device)
-    _C.check_options(p.options["threads"], p.options["chunk_bytes"], p.options["staging_bytes"],
-                     bool(p.options["staged"]), p.options["io"], p.device)
+    _C.check_options(p.device, **p.options)
     if p.device != "cpu" and comm.status_device.type == "cpu" and "gloo" not in comm.backend:
         raise ValueError(f"the group's backend {comm.backend!r} cannot exchange tensors on {p.device}")
     if p.device == "cpu" and comm.status_device.type != "cpu":
         raise ValueError(f"the group's backend {comm.backend!r} cannot exchange CPU tensors: use a gloo group "
                          f"for device 'cpu'")
-    p.files, p.one = _loading._sources(src)
-    if p.one:
-        p.files = _C.resolve_checkpoint(p.one)[0]
-    p.headers = [_C.read_header(f) for f in p.files]
-    p.names = [t[0] for h in p.headers for t in h["tensors"]]
+    files, one = _loading._sources(src)
+    p.checkpoint = _C.Checkpoint(files, one)
+    p.headers = p.checkpoint.headers()
+    p.names = p.checkpoint.names()
     p.bytes_total = sum(h["data_length"] for h in p.headers)
-    p.chunk_bytes = p.options["chunk_bytes"] or _auto_chunk(p.bytes_total, comm.size)
-    if mode == "replicate":
-        p.plan = _C.plan(p.files, p.chunk_bytes)
-    else:
+    if mode == "shard":
         p.slices = _resolve_slices(p, shards or {}, comm.rank, comm.size)
     digest = hashlib.sha256()
-    digest.update(json.dumps([mode, bool(per_node), p.chunk_bytes, p.device.split(":")[0],
+    digest.update(json.dumps([mode, bool(per_node), p.options.get("chunk_bytes"), p.device.split(":")[0],
                               [[list(t) for t in h["tensors"]] for h in p.headers],
                               sorted(p.slices) if mode == "shard" else None]).encode())
     p.digest = digest.hexdigest()
     return p
-
-
-def _split_shares(lengths: Sequence[int], parts: int) -> List[Tuple[int, int]]:
-    """Contiguous index ranges, one per part, balanced by bytes: item i goes
-    to the part its byte midpoint falls in, so each boundary is off by at
-    most half an item and no share is off 1/parts by more than one item."""
-    total = sum(lengths)
-    bounds = [0] * (parts + 1)
-    owner_of = []
-    done = 0
-    for n in lengths:
-        owner_of.append(min(parts - 1, (2 * done + n) * parts // (2 * total)) if total else 0)
-        done += n
-    for k in range(parts):
-        bounds[k + 1] = bounds[k] + sum(1 for o in owner_of if o == k)
-    return [(bounds[k], bounds[k + 1]) for k in range(parts)]
 
 
 # --- replicate ---------------------------------------------------------------------
@@ -390,15 +356,14 @@ def _load_replicated(p: _Prepared, comm: _Comm, infos: List[dict], per_node: boo
     ex_group, members = _exchange_group(comm, infos, per_node)
     me = members.index(comm.rank)
     out["read_ranks"] = members
-    shares = _split_shares([op[2] for op in p.plan], len(members))
-    first, last = shares[me]
 
     # 2. Read this rank's share into destinations allocated first, then agree.
     t0 = time.perf_counter()
     tensors: List[torch.Tensor] = []
+    shares: List[list] = []
     error: Optional[BaseException] = None
     try:
-        tensors = _read_share(p, list(range(first, last)), out)
+        tensors, shares = _read_share(p, me, len(members), out)
     except BaseException as e:
         error = e
     comm.agree(error, {}, "reading the shares")
@@ -409,7 +374,7 @@ def _load_replicated(p: _Prepared, comm: _Comm, infos: List[dict], per_node: boo
     error = None
     try:
         if len(members) > 1:
-            _exchange(p, tensors, shares, ex_group, me, comm, out)
+            _exchange(tensors, shares, ex_group, me, comm, out)
     except BaseException as e:
         error = e
     comm.agree(error, {}, "exchanging the shares")
@@ -417,20 +382,19 @@ def _load_replicated(p: _Prepared, comm: _Comm, infos: List[dict], per_node: boo
     return dict(zip(p.names, tensors))
 
 
-def _read_share(p: _Prepared, ops: List[int], out: dict) -> List[torch.Tensor]:
-    o = p.options
-    loading = _C.Loading(p.files if not p.one else [], p.one, p.device, o["threads"], p.chunk_bytes,
-                         o["staging_bytes"], bool(o["staged"]), o["io"], None, ops,
-                         prefault=bool(o["prefault"]))
+def _read_share(p: _Prepared, part: int, parts: int, out: dict) -> Tuple[List[torch.Tensor], List[list]]:
+    """Every tensor allocated, share ``part`` of ``parts`` read into them; and what each
+    share reads, as (tensor index, offset, length) runs."""
+    loading = _loading.start(p.checkpoint, p.device, share=(part, parts), **p.options)
     try:
         pairs = loading.wait_all()
-        out["bytes_read"] = loading.report()["bytes_done"]
+        report = loading.report()
+        shares = [loading.share_pieces(k) for k in range(parts)]
     finally:
         loading.release()
-    if [n for n, _ in pairs] != p.names:
-        raise SafetensorError(f"the checkpoint changed between planning and loading: its tensors are not the "
-                              f"ones planned", "INVALID_ARGUMENT")
-    return [t for _, t in pairs]
+    out["bytes_read"] = report["bytes_done"]
+    out["chunk_bytes"] = report["chunk_bytes"]
+    return [t for _, t in pairs], shares
 
 
 _NODE_GROUPS: Dict[tuple, Any] = {}
@@ -475,17 +439,9 @@ class _Views:
         return view
 
 
-def _batches(plan: list, first: int, last: int) -> List[List[Tuple[int, int, int]]]:
-    """The segments of ops[first:last] as the exchange moves them: runs of
-    one tensor merged, then cut into batches of at most EXCHANGE_BYTES; a
-    batch of one segment travels in place, a batch of several is packed."""
-    runs: List[List[int]] = []
-    for op in plan[first:last]:
-        for tensor, offset, length in op[3]:
-            if runs and runs[-1][0] == tensor and runs[-1][1] + runs[-1][2] == offset:
-                runs[-1][2] += length
-            else:
-                runs.append([tensor, offset, length])
+def _batches(runs: List[Tuple[int, int, int]]) -> List[List[Tuple[int, int, int]]]:
+    """A share's runs of destination bytes as the exchange moves them: cut into batches of at
+    most EXCHANGE_BYTES; a batch of one run travels in place, a batch of several is packed."""
     batches: List[List[Tuple[int, int, int]]] = []
     pack: List[Tuple[int, int, int]] = []
     packed = 0
@@ -507,7 +463,7 @@ def _batches(plan: list, first: int, last: int) -> List[List[Tuple[int, int, int
     return batches
 
 
-def _exchange(p: _Prepared, tensors: List[torch.Tensor], shares, group, me: int, comm: _Comm, out: dict) -> None:
+def _exchange(tensors: List[torch.Tensor], shares, group, me: int, comm: _Comm, out: dict) -> None:
     views = _Views(tensors)
     device = tensors[0].device if tensors else torch.device("cpu")
     buffers: List[Optional[torch.Tensor]] = [None] * _DEPTH
@@ -515,7 +471,6 @@ def _exchange(p: _Prepared, tensors: List[torch.Tensor], shares, group, me: int,
     sent = received = 0
 
     def finish(entry) -> None:
-        nonlocal received
         work, slot, batch, owner = entry
         comm.wait(work, "exchanging the shares")
         if owner != me and slot is not None:
@@ -526,8 +481,8 @@ def _exchange(p: _Prepared, tensors: List[torch.Tensor], shares, group, me: int,
                 at += length
 
     slot_turn = 0
-    for owner, (first, last) in enumerate(shares):
-        for batch in _batches(p.plan, first, last):
+    for owner, runs in enumerate(shares):
+        for batch in _batches(runs):
             size = sum(n for _, _, n in batch)
             if owner == me:
                 sent += size
@@ -608,25 +563,6 @@ def _resolve_slices(p: _Prepared, shards: Mapping[str, ShardSpec], rank: int, wo
     return slices
 
 
-def _slice_runs(tshape: List[int], esize: int, dim: int, start: int, stop: int, base: int):
-    """(file offsets, lengths, destination offsets) of a slice's bytes: one
-    run per index of the dimensions before ``dim``, merged where adjacent."""
-    row = esize
-    for n in tshape[dim + 1:]:
-        row *= n
-    outer = 1
-    for n in tshape[:dim]:
-        outer *= n
-    length = (stop - start) * row
-    if length == 0 or outer == 0:
-        return [], [], []
-    if stop - start == tshape[dim]:  # whole rows: one run
-        return [base], [outer * length], [0]
-    step = tshape[dim] * row
-    return ([base + i * step + start * row for i in range(outer)], [length] * outer,
-            [i * length for i in range(outer)])
-
-
 def _load_shards(p: _Prepared, comm: _Comm, out: dict) -> Dict[str, torch.Tensor]:
     t0 = time.perf_counter()
     result: Dict[str, torch.Tensor] = {}
@@ -641,62 +577,14 @@ def _load_shards(p: _Prepared, comm: _Comm, out: dict) -> Dict[str, torch.Tensor
 
 
 def _read_shards(p: _Prepared, out: dict) -> Dict[str, torch.Tensor]:
-    o = p.options
-    rest = [n for n in p.names if n not in p.slices]
-    # The replicated rest, through the loader (which also checks an index
-    # against the shards, whatever it holds).
-    loading = _C.Loading(p.files if not p.one else [], p.one, p.device, o["threads"], o["chunk_bytes"],
-                         o["staging_bytes"], bool(o["staged"]), o["io"], rest,
-                         prefault=bool(o["prefault"]))
+    """This rank's slices and every other tensor whole, in one load."""
+    request = {name: p.slices.get(name) for name in p.names}
+    loading = _loading.start(p.checkpoint, p.device, request=request, **p.options)
     try:
-        whole = dict(loading.wait_all())
-        bytes_read = loading.report()["bytes_done"]
+        tensors = dict(loading.wait_all())
+        report = loading.report()
     finally:
         loading.release()
-    device = torch.device(p.device)
-    parts: Dict[str, torch.Tensor] = {}
-    for path, header in zip(p.files, p.headers):
-        for name, dtype, shape, begin, end in header["tensors"]:
-            if name not in p.slices:
-                continue
-            tdtype, tshape = _torch_layout(name, dtype, shape, os.fsdecode(path))
-            dim, start, stop = p.slices[name]
-            part_shape = list(tshape)
-            part_shape[dim] = stop - start
-            part = torch.empty(part_shape, dtype=tdtype, device=device)
-            esize = part.element_size()
-            offsets, lengths, dst = _slice_runs(tshape, esize, dim, start, stop, header["data_start"] + begin)
-            _read_runs(path, offsets, lengths, dst, part, o["threads"])
-            bytes_read += sum(lengths)
-            parts[name] = part
-    out["bytes_read"] = bytes_read
-    return {n: (parts[n] if n in parts else whole[n]) for n in p.names}
-
-
-def _read_runs(path: bytes, offsets, lengths, dst_offsets, part: torch.Tensor, threads) -> None:
-    if not offsets:
-        return
-    # A small slice reads on the caller's thread (no reader threads to start).
-    threads = 1 if sum(lengths) < (4 << 20) and threads is None else threads
-    if part.device.type == "cpu":
-        _C.read_ranges(path, offsets, lengths, _byte_view(part), dst_offsets, threads)
-        return
-    # Another device: through a bounded host buffer, BOUNCE bytes at a time.
-    view = _byte_view(part)
-    bounce = torch.empty(min(_BOUNCE_BYTES, sum(lengths)), dtype=torch.uint8,
-                         pin_memory=torch.cuda.is_available() and part.device.type == "cuda")
-    pieces = [(f + k, min(_BOUNCE_BYTES, n - k), d + k)
-              for f, n, d in zip(offsets, lengths, dst_offsets) for k in range(0, n, _BOUNCE_BYTES)]
-    i = 0
-    while i < len(pieces):
-        batch, used = [], 0
-        while i < len(pieces) and used + pieces[i][1] <= bounce.numel():
-            batch.append(pieces[i])
-            used += pieces[i][1]
-            i += 1
-        at = [0]
-        for _, n, _ in batch[:-1]:
-            at.append(at[-1] + n)
-        _C.read_ranges(path, [b[0] for b in batch], [b[1] for b in batch], bounce, at, threads)
-        for (_, n, d), a in zip(batch, at):
-            view[d:d + n].copy_(bounce[a:a + n])
+    out["bytes_read"] = report["bytes_done"]
+    out["chunk_bytes"] = report["chunk_bytes"]
+    return tensors

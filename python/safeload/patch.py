@@ -28,8 +28,18 @@ Use it as a context manager or as a plain call::
 Patches nest: the originals come back when the outermost ``with`` block ends
 (or at ``unpatch()``). ``p.calls`` counts what safeload served while ``p``
 was in force: files opened with ``safe_open``, tensors handed out by those
-handles, ``load_file`` and ``load`` calls; :func:`calls` counts since the
+handles, ``load_file`` and ``load`` calls, and ``mapped``: the files served
+by upstream's mapping instead (below); :func:`calls` counts since the
 process started.
+
+Never slower than upstream: where the caller asked for a mapping (upstream's
+default ``backend="mmap"``), the tensors go to the CPU, and the page cache
+already holds the whole file, upstream's own ``safe_open``/``load_file``
+serve it: a mapping hands out the page cache's pages, while any read must
+first write every destination page anew, which a warm load cannot win
+(``fast::serve_by_mapping`` in C++ decides; see the README's numbers).
+Everywhere else (a cold file, another device, ``backend="pread"``)
+safeload reads.
 """
 from __future__ import annotations
 
@@ -77,7 +87,7 @@ def _make_replacements(originals: Dict[str, Any]) -> Dict[str, Any]:
     def safe_open(filename, framework, device="cpu", *, backend="mmap", **kwargs):
         """``safetensors.safe_open``, routed through ``safeload.safe_open`` for
         torch (see ``safeload.patch``)."""
-        if framework not in ("pt", "torch"):
+        if framework not in ("pt", "torch") or _mapping_serves(filename, device, backend, kwargs):
             return upstream_safe_open(filename, framework, device, backend=backend, **kwargs)
         handle = safeload.safe_open(filename, framework, device, backend=backend, **kwargs)
         _count("safe_open")
@@ -86,6 +96,10 @@ def _make_replacements(originals: Dict[str, Any]) -> Dict[str, Any]:
 
     def load_file(filename, device="cpu", *, backend="mmap", **kwargs):
         """``safetensors.torch.load_file``, routed through ``safeload.load_file``."""
+        if _mapping_serves(filename, device, backend, kwargs):
+            # What upstream's load_file does, on its own safe_open (not the patched name).
+            with upstream_safe_open(filename, framework="pt", device=device, backend=backend) as f:
+                return f.get_tensors()
         result = safeload.load_file(filename, device, backend=backend, **kwargs)
         _count("load_file")
         _count("tensors", len(result))
@@ -103,6 +117,30 @@ def _make_replacements(originals: Dict[str, Any]) -> Dict[str, Any]:
         fn.__wrapped__ = original
         fn.__safeload_patch__ = True
     return {"safe_open": safe_open, "load_file": load_file, "load": load}
+
+
+def _mapping_serves(filename, device, backend, kwargs: dict) -> bool:
+    """Whether upstream's mapping should serve this call (see the module docstring); counted
+    as ``mapped``. Only for arguments upstream takes: with safeload's own options, or where
+    the file cannot be opened (safeload then raises its own error), safeload serves it."""
+    import safeload
+    from safeload import _C, _loading
+    from safeload._device import device_string
+
+    if kwargs:
+        return False
+    try:
+        host = device_string(device) == "cpu"
+        # The file is opened only where its residency can decide.
+        if not _C.serve_by_mapping(backend, host, True):
+            return False
+        checkpoint = _C.Checkpoint(_loading._sources([filename])[0], b"")
+        serves = bool(_C.serve_by_mapping(backend, host, checkpoint.all_cached()))
+    except (OSError, ValueError, TypeError, safeload.SafetensorError):
+        return False
+    if serves:
+        _count("mapped")
+    return serves
 
 
 def _capture_originals() -> Dict[str, Any]:

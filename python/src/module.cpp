@@ -12,7 +12,9 @@
 #include "safeload/options.h"
 #include "safeload/torch.h"
 
+#include <array>
 #include <optional>
+#include <tuple>
 
 namespace py = pybind11;
 
@@ -99,15 +101,54 @@ std::uint64_t size_option(const char* name, const py::handle& value) {
   return static_cast<std::uint64_t>(v);
 }
 
-LoadOptions make_options(const py::handle& threads, const py::handle& chunk_bytes, const py::handle& staging_bytes,
-                         bool staged, const std::string& io, bool prefault = true) {
+bool bool_option(const char* name, const py::handle& value) {
+  if (!PyBool_Check(value.ptr())) {
+    throw py::type_error(std::string(name) + " must be True or False, not " +
+                         std::string(py::str(py::type::of(value).attr("__name__"))));
+  }
+  return value.ptr() == Py_True;
+}
+
+std::string str_option(const char* name, const py::handle& value) {
+  if (!py::isinstance<py::str>(value)) {
+    throw py::type_error(std::string(name) + " must be a str, not " +
+                         std::string(py::str(py::type::of(value).attr("__name__"))));
+  }
+  return value.cast<std::string>();
+}
+
+// The load options as the caller gave them (keyword arguments, unknown names
+// refused), validated: the one place they are read from Python. What was not
+// given keeps LoadOptions' default.
+LoadOptions make_options(const py::dict& given) {
   LoadOptions options;
-  options.threads = static_cast<std::size_t>(std::min<std::uint64_t>(size_option("threads", threads), SIZE_MAX));
-  options.chunk_bytes = size_option("chunk_bytes", chunk_bytes);
-  options.staging_bytes = staging_bytes.is_none() ? kDefaultStagingBytes : size_option("staging_bytes", staging_bytes);
-  options.staged = staged;
-  options.io = parse_io(io);
-  options.prefault = prefault;
+  std::string unknown;
+  for (const auto& [key, value] : given) {
+    const std::string name = py::str(key);
+    if (name == "threads") {
+      options.threads = static_cast<std::size_t>(std::min<std::uint64_t>(size_option("threads", value), SIZE_MAX));
+    } else if (name == "chunk_bytes") {
+      options.chunk_bytes = size_option("chunk_bytes", value);
+    } else if (name == "staging_bytes") {
+      options.staging_bytes = value.is_none() ? kDefaultStagingBytes : size_option("staging_bytes", value);
+    } else if (name == "staged") {
+      options.staged = bool_option("staged", value);
+    } else if (name == "io") {
+      options.io = parse_io(str_option("io", value));
+    } else if (name == "prefault") {
+      options.prefault = bool_option("prefault", value);
+    } else if (name == "backend") {
+      options.backend = value.is_none() ? LoadOptions::Backend::kUnspecified
+                                        : parse_backend(str_option("backend", value));
+    } else {
+      unknown += (unknown.empty() ? "" : ", ") + name;
+    }
+  }
+  if (!unknown.empty()) {
+    std::string accepted;
+    for (std::string_view n : kOptionNames) accepted += (accepted.empty() ? "" : ", ") + std::string(n);
+    throw py::type_error("unexpected load option(s): " + unknown + "; accepted: " + accepted);
+  }
   validate(options);
   return options;
 }
@@ -215,70 +256,13 @@ PYBIND11_MODULE(_C, m) {
     return py::make_tuple(files, py::bytes(r.index_path));
   }, py::arg("src"), "The shard files (bytes) a checkpoint source names, and its index (or b'').");
 
-  m.def("check_options", [](const py::object& threads, const py::object& chunk_bytes,
-                            const py::object& staging_bytes, bool staged, const std::string& io,
-                            const std::string& device) {
-    make_options(threads, chunk_bytes, staging_bytes, staged, io);
+  m.def("check_options", [](const std::string& device, const py::kwargs& options) {
+    make_options(options);
     check_device_usable(parse_device(device));
-  }, py::arg("threads"), py::arg("chunk_bytes"), py::arg("staging_bytes"), py::arg("staged"), py::arg("io"),
-     py::arg("device"), "Validates load options and a device as every load does; raises like a load.");
+  }, py::arg("device"), "Validates load options and a device as every load does; raises like a load.");
 
-  m.def("plan", [](const std::vector<PathBytes>& files, const py::object& chunk_bytes) {
-    LoadOptions options;
-    options.chunk_bytes = size_option("chunk_bytes", chunk_bytes);
-    SAFELOAD_CHECK(options.chunk_bytes != 0, ErrorCode::kInvalidArgument, "plan needs an explicit chunk_bytes");
-    validate(options);
-    fast::Plan plan;
-    {
-      py::gil_scoped_release nogil;
-      const Checkpoint checkpoint = Checkpoint::open(files);
-      std::vector<const Header*> headers;
-      for (const Shard& s : checkpoint.shards()) headers.push_back(&s.header);
-      plan = fast::plan_reads(headers, options.chunk_bytes);
-    }
-    py::list ops;
-    for (const fast::ReadOp& op : plan.ops) {
-      py::list segments;
-      for (std::size_t s = 0; s < op.segment_count; ++s) {
-        const fast::Segment& seg = plan.segments[op.first_segment + s];
-        segments.append(py::make_tuple(seg.tensor, seg.tensor_offset, seg.length));
-      }
-      ops.append(py::make_tuple(op.file, op.file_offset, op.length, segments));
-    }
-    return ops;
-  }, py::arg("files"), py::arg("chunk_bytes"),
-     "The read plan over every shard: [(file, file_offset, length, [(tensor, tensor_offset, length)])], "
-     "tensors numbered in file order, as Loading(ops=...) reads it.");
-
-  m.def("read_ranges", [](const PathBytes& path, const std::vector<std::uint64_t>& offsets,
-                          const std::vector<std::uint64_t>& lengths, at::Tensor dst,
-                          const std::vector<std::uint64_t>& dst_offsets, const py::object& threads) {
-    SAFELOAD_CHECK(offsets.size() == lengths.size() && offsets.size() == dst_offsets.size(),
-                   ErrorCode::kInvalidArgument, "read_ranges needs as many offsets, lengths and destinations");
-    SAFELOAD_CHECK(dst.device().is_cpu() && dst.is_contiguous(), ErrorCode::kInvalidArgument,
-                   "read_ranges reads into a contiguous CPU tensor");
-    const std::uint64_t capacity = dst.nbytes();
-    std::vector<fast::Range> ranges;
-    auto* base = static_cast<char*>(dst.mutable_data_ptr());
-    for (std::size_t i = 0; i < offsets.size(); ++i) {
-      SAFELOAD_CHECK(dst_offsets[i] <= capacity && lengths[i] <= capacity - dst_offsets[i], ErrorCode::kInvalidArgument,
-                     "range " + std::to_string(i) + " does not fit the destination");
-      ranges.push_back(fast::Range{offsets[i], lengths[i], base + dst_offsets[i]});
-    }
-    LoadOptions options;
-    options.threads = static_cast<std::size_t>(size_option("threads", threads));
-    validate(options);
-    py::gil_scoped_release nogil;
-    const File file = File::open(path);
-    for (const fast::Range& r : ranges) {
-      SAFELOAD_CHECK(r.file_offset <= file.size() && r.length <= file.size() - r.file_offset, ErrorCode::kInvalidArgument,
-                     "range at " + std::to_string(r.file_offset) + " of " + std::to_string(r.length) +
-                         " bytes runs past the end of '" + path + "'");
-    }
-    fast::read_ranges(file, ranges, *fast::make_executor(options.threads));
-  }, py::arg("path"), py::arg("offsets"), py::arg("lengths"), py::arg("dst"), py::arg("dst_offsets"),
-     py::arg("threads") = py::none(),
-     "Reads byte ranges of a file into a CPU tensor's bytes, in parallel (for slices and shares).");
+  m.def("parse_device", [](const std::string& device) { return parse_device(device).str(); }, py::arg("device"),
+        "The device as safeload reads it ('cuda' stays 'cuda', 'cuda:1' names index 1), or INVALID_ARGUMENT.");
 
   m.def("torch_layout", [](const std::string& name, const std::string& dtype, std::vector<std::int64_t> shape,
                            const std::string& path) {
@@ -320,14 +304,46 @@ PYBIND11_MODULE(_C, m) {
           for (const TensorInfo& t : s.header.tensors()) out.append(py::str(t.name));
         }
         return out;
-      }, "Every tensor name in file order (shard by shard).");
+      }, "Every tensor name in file order (shard by shard).")
+      .def("headers", [](const Checkpoint& c) {
+        py::list out;
+        for (const Shard& s : c.shards()) out.append(header_to_dict(s.header));
+        return out;
+      }, "Each shard's validated header, as read_header gives it.")
+      .def("all_cached", [](const Checkpoint& c) {
+        py::gil_scoped_release nogil;
+        for (const Shard& s : c.shards()) {
+          if (!fast::CacheMap::of(s.file).cached(s.header.data_start(), s.header.data_length())) return false;
+        }
+        return true;
+      }, "Whether the page cache holds every shard's data (sampled pages; may be stale at once).");
+
+  m.def("cheapest_range", [](const std::vector<std::uint64_t>& sizes, std::uint64_t nbytes,
+                             const std::vector<std::tuple<std::size_t, std::uint64_t, std::uint64_t>>& candidates) {
+    std::vector<fast::DimRange> ranges;
+    for (const auto& [dim, start, stop] : candidates) ranges.push_back({dim, start, stop});
+    return fast::cheapest_range(sizes, nbytes, ranges);
+  }, py::arg("sizes"), py::arg("nbytes"), py::arg("candidates"),
+     "Of (dim, start, stop) ranges each holding what is wanted of a tensor, the index of the cheapest to read.");
+
+  m.def("serve_by_mapping", [](const py::object& backend, bool host_device, bool all_cached) {
+    const LoadOptions::Backend b = backend.is_none() ? LoadOptions::Backend::kUnspecified
+                                                     : parse_backend(str_option("backend", backend));
+    return fast::serve_by_mapping(b, host_device, all_cached);
+  }, py::arg("backend"), py::arg("host_device"), py::arg("all_cached"),
+     "Whether a handle should map the page cache, as upstream does, rather than read (see fast.h).");
+
+  m.def("read_ahead_pays", [](std::size_t tensors, std::size_t asked, std::size_t whole_reads,
+                              std::size_t partial_reads, bool listed_keys, bool prefetch_asked) {
+    return fast::read_ahead_pays({tensors, asked, whole_reads, partial_reads, listed_keys, prefetch_asked});
+  }, py::arg("tensors"), py::arg("asked"), py::arg("whole_reads"), py::arg("partial_reads"),
+     py::arg("listed_keys"), py::arg("prefetch_asked"),
+     "Whether a file handle should read the rest of the file in the background now (see fast.h).");
 
   py::class_<Loading>(m, "Loading", "A load running in the background (see safeload/_loading.py).")
       .def(py::init([](const py::object& source, const PathBytes& src, const std::string& device,
-                       const py::object& threads, const py::object& chunk_bytes, const py::object& staging_bytes,
-                       bool staged, const std::string& io, std::optional<std::vector<std::string>> only,
-                       std::optional<std::vector<std::size_t>> ops, bool prefault) {
-             const LoadOptions options = make_options(threads, chunk_bytes, staging_bytes, staged, io, prefault);
+                       const py::object& request, const py::object& share, const py::kwargs& given) {
+             const LoadOptions options = make_options(given);
              const c10::Device dev = parse_device(device);
              std::shared_ptr<const Checkpoint> checkpoint;
              std::vector<PathBytes> files;
@@ -336,19 +352,39 @@ PYBIND11_MODULE(_C, m) {
              } else {
                files = source.cast<std::vector<PathBytes>>();
              }
+             // request: None (every tensor whole) or {name: None | (dim, start, stop)}.
+             std::optional<std::vector<std::pair<std::string, TensorRequest>>> wanted;
+             if (!request.is_none()) {
+               wanted.emplace();
+               for (const auto& [name, part] : request.cast<py::dict>()) {
+                 TensorRequest t;
+                 if (!part.is_none()) {
+                   const auto [dim, start, stop] = part.cast<std::tuple<std::int64_t, std::int64_t, std::int64_t>>();
+                   t = TensorRequest::range(dim, start, stop);
+                 }
+                 wanted->emplace_back(py::str(name), t);
+               }
+             }
+             std::size_t part = 0, parts = 1;
+             if (!share.is_none()) std::tie(part, parts) = share.cast<std::pair<std::size_t, std::size_t>>();
              py::gil_scoped_release nogil;
              check_device_usable(dev);
              if (!checkpoint) {
                checkpoint = std::make_shared<const Checkpoint>(files.empty() ? Checkpoint::open(src)
                                                                              : Checkpoint::open(files));
              }
-             return Loading::start(std::move(checkpoint), dev, options, only ? &*only : nullptr,
-                                   ops ? &*ops : nullptr);
+             LoadRequest r = wanted ? LoadRequest::of(*checkpoint, *wanted) : LoadRequest{};
+             r.part = part;
+             r.parts = parts;
+             return Loading::start(std::move(checkpoint), dev, options, r);
            }),
-           py::arg("files"), py::arg("src"), py::arg("device"), py::arg("threads"), py::arg("chunk_bytes"),
-           py::arg("staging_bytes"), py::arg("staged"), py::arg("io"), py::arg("only"), py::arg("ops") = py::none(), py::arg("prefault") = true,
+           py::arg("files"), py::arg("src"), py::arg("device"), py::arg("request") = py::none(),
+           py::arg("share") = py::none(),
            "Starts loading `files` (a list of paths, or a Checkpoint opened before; or, when the list is "
-           "empty, the checkpoint `src` names).")
+           "empty, the checkpoint `src` names). `request`: None for every tensor whole, or "
+           "{name: None (whole) | (dim, start, stop) (a range of one dimension, in torch's sizes)}; "
+           "`share`: (part, parts) to read one of `parts` byte-balanced shares of the plan. The other "
+           "keyword arguments are the load options, checked here.")
       .def("names", [](const Loading& l) {
         py::list out;
         for (std::size_t i = 0; i < l.size(); ++i) out.append(py::str(l.info(i).name));
@@ -364,6 +400,16 @@ PYBIND11_MODULE(_C, m) {
         });
         return out;
       }, py::arg("name"), "Waits for one tensor's bytes and returns it.")
+      .def("wait_next", [](Loading& l) -> py::object {
+        std::optional<std::size_t> next;
+        wait_interruptibly(l, py::none(), [&](long ms) {
+          next = l.wait_next(ms);
+          return next.has_value();
+        });
+        if (*next == l.size()) return py::none();
+        const at::Tensor t = l.wait(*next);
+        return py::make_tuple(py::str(l.info(*next).name), t);
+      }, "The next tensor to be complete, as (name, tensor), each once; None when all were given.")
       .def("wait_all", [](Loading& l, const py::object& progress) {
         wait_interruptibly(l, progress, [&](long ms) { return l.wait_done(ms); });
         std::vector<std::pair<std::string, at::Tensor>> tensors = [&] {
@@ -383,5 +429,7 @@ PYBIND11_MODULE(_C, m) {
       .def("done", [](Loading& l) { return l.wait_done(0); })
       .def("bytes_done", &Loading::bytes_done)
       .def("bytes_total", &Loading::bytes_total)
-      .def("report", [](const Loading& l) { return report_to_dict(l.report()); });
+      .def("report", [](const Loading& l) { return report_to_dict(l.report()); })
+      .def("share_pieces", [](const Loading& l, std::size_t part) { return l.share_pieces(part); }, py::arg("part"),
+           "The destination bytes share `part` reads, as [(tensor index, offset, length)], runs merged.");
 }

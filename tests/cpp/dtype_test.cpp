@@ -36,15 +36,17 @@ TEST(DTypeTable, CoversTheFormat) {
 }
 
 TEST(DTypeTable, SizesInBits) {
-  EXPECT_EQ(dtype_info(DType::kF4).bits, 4u);
-  EXPECT_EQ(dtype_info(DType::kF6_E2M3).bits, 6u);
-  EXPECT_EQ(dtype_info(DType::kF6_E3M2).bits, 6u);
-  EXPECT_EQ(dtype_info(DType::kBool).bits, 8u);
-  EXPECT_EQ(dtype_info(DType::kBF16).bits, 16u);
-  EXPECT_EQ(dtype_info(DType::kC64).bits, 64u);
-  for (const DTypeInfo& info : kDTypeTable) {
-    EXPECT_TRUE(info.bits == 4 || info.bits == 6 || info.bits % 8 == 0) << info.name;
-  }
+  // Every dtype's size, as the format specifies it.
+  const std::pair<DType, unsigned> spec[] = {
+      {DType::kBool, 8},        {DType::kU8, 8},          {DType::kI8, 8},          {DType::kI16, 16},
+      {DType::kU16, 16},        {DType::kI32, 32},        {DType::kU32, 32},        {DType::kI64, 64},
+      {DType::kU64, 64},        {DType::kF16, 16},        {DType::kBF16, 16},       {DType::kF32, 32},
+      {DType::kF64, 64},        {DType::kC64, 64},        {DType::kF8_E5M2, 8},     {DType::kF8_E4M3, 8},
+      {DType::kF8_E8M0, 8},     {DType::kF8_E4M3FNUZ, 8}, {DType::kF8_E5M2FNUZ, 8}, {DType::kF4, 4},
+      {DType::kF6_E2M3, 6},     {DType::kF6_E3M2, 6},
+  };
+  static_assert(sizeof(spec) / sizeof(spec[0]) == kDTypeCount, "every dtype pinned");
+  for (const auto& [dtype, bits] : spec) EXPECT_EQ(dtype_info(dtype).bits, bits) << dtype_info(dtype).name;
 }
 
 TEST(DTypeTable, LookupIsExactAndCaseSensitive) {

@@ -1,18 +1,12 @@
-// The read policy (a pure function), page-cache residency maps, multi-file
-// plans, and the load control that readers and waiters share.
+// The read policy: a pure function from what is known before reading to how
+// to read. Its tests are the specification.
 #include <gtest/gtest.h>
-#include <sys/stat.h>
-
-#include <atomic>
-#include <thread>
 
 #include "safeload/fast.h"
 #include "test_util.h"
 
 namespace safeload::fast {
 namespace {
-
-using testing::TempFile;
 
 PolicyInput host_input(std::uint64_t data_bytes) {
   PolicyInput in;
@@ -24,7 +18,7 @@ PolicyInput host_input(std::uint64_t data_bytes) {
 
 TEST(Policy, WarmHostLoadReadsStraightIntoTensorsWithOneReaderPerCore) {
   const ReadPolicy p = decide_policy(host_input(1ull << 30));
-  EXPECT_EQ(p.route, ReadPolicy::Route::kDirect);
+  EXPECT_EQ(p.route, ReadPolicy::Route::kHost);
   EXPECT_FALSE(p.bypass);
   EXPECT_TRUE(p.check_cache) << "auto keeps asking per read: the cache may lose pages mid-load";
   EXPECT_EQ(p.threads, 2u);
@@ -130,158 +124,77 @@ TEST(Policy, SmallStagingNeverGivesAChunkBelowTheMinimum) {
   EXPECT_LE(p.slot_bytes * p.slot_count, in.staging_bytes);
 }
 
-TEST(Options, EveryBoundIsChecked) {
-  EXPECT_NO_THROW(validate(LoadOptions{}));
-  const auto bad = [](auto mutate) {
-    LoadOptions o;
-    mutate(o);
-    testing::expect_code(ErrorCode::kInvalidArgument, [&] { validate(o); });
-  };
-  bad([](LoadOptions& o) { o.threads = kMaxThreads + 1; });
-  bad([](LoadOptions& o) { o.chunk_bytes = kMinChunkBytes - 1; });
-  bad([](LoadOptions& o) { o.chunk_bytes = kMaxChunkBytes + 1; });
-  bad([](LoadOptions& o) { o.chunk_bytes = 1ull << 62; });
-  bad([](LoadOptions& o) { o.staging_bytes = 0; });
-  bad([](LoadOptions& o) { o.staging_bytes = kMinStagingBytes - 1; });
-  bad([](LoadOptions& o) { o.staging_bytes = kMaxStagingBytes + 1; });
-  bad([](LoadOptions& o) { o.chunk_bytes = 4ull << 20, o.staging_bytes = 2ull << 20; });
-  testing::expect_code(ErrorCode::kInvalidArgument, [] { parse_io("sometimes"); });
-  EXPECT_EQ(parse_io(io_name(LoadOptions::Io::kUncached)), LoadOptions::Io::kUncached);
+TEST(Policy, ProbesAreTakenOnlyWhereThePageCacheCouldBeBypassed) {
+  using Io = LoadOptions::Io;
+  // Host memory, automatic: open O_DIRECT views and ask the page cache per read.
+  EXPECT_TRUE(probes_needed(Io::kAuto, true, false).open_uncached);
+  EXPECT_TRUE(probes_needed(Io::kAuto, true, false).map_cache);
+  // Device memory or forced staging read through the page cache unless told otherwise.
+  EXPECT_FALSE(probes_needed(Io::kAuto, false, false).open_uncached);
+  EXPECT_FALSE(probes_needed(Io::kAuto, true, true).open_uncached);
+  // Forced ways need no residency map.
+  EXPECT_TRUE(probes_needed(Io::kUncached, false, false).open_uncached);
+  EXPECT_FALSE(probes_needed(Io::kUncached, true, false).map_cache);
+  EXPECT_FALSE(probes_needed(Io::kCached, true, false).open_uncached);
+  // And the policy bypasses only what the probes made possible.
+  PolicyInput in = host_input(1 << 30);
+  in.all_cached = false;
+  in.io = Io::kAuto;
+  in.host_writable = false;
+  EXPECT_FALSE(decide_policy(in).bypass) << "no O_DIRECT view is opened for device memory under kAuto";
 }
 
-TEST(PlanFiles, OpsNeverSpanFilesAndTensorsAreNumberedAcrossThem) {
-  const Header a = Header::from_bytes(testing::u8_file({{"a0", 10}, {"a1", 20}}), "a");
-  const Header b = Header::from_bytes(testing::u8_file({{"b0", 5}, {"empty", 0}, {"b1", 7}}), "b");
-  const Plan plan = plan_reads({&a, &b}, 1 << 20);
-  ASSERT_EQ(plan.ops.size(), 2u);
-  EXPECT_EQ(plan.ops[0].file, 0u);
-  EXPECT_EQ(plan.ops[0].length, 30u);
-  EXPECT_EQ(plan.ops[1].file, 1u);
-  EXPECT_EQ(plan.ops[1].file_offset, b.data_start());
-  EXPECT_EQ(plan.ops[1].length, 12u);
-  EXPECT_EQ(plan.segments[plan.ops[1].first_segment].tensor, 2u) << "b0 is the third tensor";
-  EXPECT_EQ(plan.tensor_bytes, (std::vector<std::uint64_t>{10, 20, 5, 0, 7}));
-  EXPECT_EQ(plan.total_bytes, 42u);
+TEST(Policy, ASharedLoadPlansTheSameChunkOnEveryMachine) {
+  // Processes that split a load must cut the same plan: the chunk depends on
+  // the data and the share count alone, not on cores or the page cache.
+  PolicyInput a = host_input(10ull << 30), b = host_input(10ull << 30);
+  a.parts = b.parts = 8;
+  a.cores = 2, b.cores = 64;
+  a.all_cached = true, b.all_cached = false;
+  b.host_writable = false;
+  EXPECT_EQ(decide_policy(a).chunk_bytes, decide_policy(b).chunk_bytes);
+  EXPECT_EQ(decide_policy(a).chunk_bytes, share_chunk_bytes(10ull << 30, 8));
+  EXPECT_EQ(share_chunk_bytes(10ull << 30, 8), kMaxShareChunkBytes) << "40 MiB reads capped at 16 MiB";
+  EXPECT_EQ(share_chunk_bytes(64ull << 20, 2), 1ull << 20) << "32 reads per share";
+  EXPECT_EQ(share_chunk_bytes(1000, 4), 64ull << 10) << "at least 64 KiB";
+  a.staging_bytes = 4ull << 20;
+  EXPECT_EQ(decide_policy(a).chunk_bytes, 4ull << 20) << "a slot holds a read";
 }
 
-TEST(PlanFiles, WantedTensorsOnlyAndNoOpBridgesASkippedOne) {
-  const Header a = Header::from_bytes(testing::u8_file({{"a0", 10}, {"a1", 20}, {"a2", 30}}), "a");
-  const std::vector<bool> wanted = {true, false, true};
-  const Plan plan = plan_reads({&a}, 1 << 20, &wanted);
-  ASSERT_EQ(plan.ops.size(), 2u);
-  EXPECT_EQ(plan.ops[0].length, 10u);
-  EXPECT_EQ(plan.ops[1].file_offset, a.data_start() + 30);
-  EXPECT_EQ(plan.tensor_bytes, (std::vector<std::uint64_t>{10, 0, 30}));
-  EXPECT_EQ(plan.total_bytes, 40u);
+TEST(Policy, MappingServesOnlyAWarmFileForTheHostWhereMappingWasAsked) {
+  using B = LoadOptions::Backend;
+  EXPECT_TRUE(serve_by_mapping(B::kMmap, true, true));
+  EXPECT_TRUE(serve_by_mapping(B::kUnspecified, true, true)) << "upstream maps by default";
+  EXPECT_FALSE(serve_by_mapping(B::kPread, true, true));
+  EXPECT_FALSE(serve_by_mapping(B::kMmap, false, true)) << "device memory: reading wins";
+  EXPECT_FALSE(serve_by_mapping(B::kMmap, true, false)) << "cold: reading wins";
 }
 
-TEST(LoadControl, WaitersWakeWhenTheirTensorIsCompleteAndCancelStopsReaders) {
-  const Header h = Header::from_bytes(testing::u8_file({{"a", 100}, {"b", 100}, {"c", 0}}), "h");
-  const Plan plan = plan_reads(h, 64);  // a: ops 0-1, b: ops 1-3
-  LoadControl control(plan);
-  EXPECT_TRUE(control.tensor_done(2)) << "a zero-byte tensor is complete from the start";
-  EXPECT_FALSE(control.wait_tensor(0, 0));
-  control.op_done(plan, plan.ops[0]);
-  EXPECT_FALSE(control.tensor_done(0));
-  std::thread reader([&] { control.op_done(plan, plan.ops[1]); });
-  EXPECT_TRUE(control.wait_tensor(0));
-  reader.join();
-  EXPECT_FALSE(control.tensor_done(1));
-  EXPECT_EQ(control.bytes_done(), plan.ops[0].length + plan.ops[1].length);
-  EXPECT_NO_THROW(control.check_cancelled());
-  control.cancel();
-  testing::expect_code(ErrorCode::kCancelled, [&] { control.check_cancelled(); });
-  control.finish(std::make_exception_ptr(Error(ErrorCode::kCancelled, "stopped")));
-  testing::expect_code(ErrorCode::kCancelled, [&] { control.wait_tensor(1); });
-  EXPECT_TRUE(control.wait_tensor(0)) << "a tensor completed before the failure stays complete";
-}
-
-TEST(LoadControl, TheHookCancels) {
-  const Header h = Header::from_bytes(testing::u8_file({{"a", 10}}), "h");
-  const Plan plan = plan_reads(h, 64);
-  std::atomic<int> calls{0};
-  LoadControl control(plan, [&] { return ++calls >= 2; });
-  EXPECT_NO_THROW(control.check_cancelled());
-  testing::expect_code(ErrorCode::kCancelled, [&] { control.check_cancelled(); });
-}
-
-TEST(ReadHost, CancelledLoadStopsBetweenReads) {
-  const std::string bytes = testing::u8_file({{"a", 1000}, {"b", 1000}});
-  TempFile tmp(bytes);
-  const File file = File::open(tmp.path());
-  const Header h = Header::read(file);
-  const Plan plan = plan_reads(h, 100);
-  std::vector<std::string> out(2, std::string(1000, '\0'));
-  std::vector<void*> dst = {out[0].data(), out[1].data()};
-  std::atomic<int> reads{0};
-  LoadControl control(plan, [&] { return ++reads > 3; });
-  auto executor = make_executor(1);
-  testing::expect_code(ErrorCode::kCancelled,
-                       [&] { read_host({Source{&file}}, plan, dst, {}, *executor, &control); });
-  EXPECT_EQ(control.bytes_done(), 300u) << "three reads, then the hook said stop";
-}
-
-TEST(ReadHost, ALargeReadIsCancelledBetweenPieces) {
-  // One op three pieces long (plus a byte), two tensors: a cancel asked for
-  // while the first piece is read stops the op before the rest.
-  const std::uint64_t a = kCancelCheckBytes + kCancelCheckBytes / 2, b = kCancelCheckBytes * 3 / 2 + 1;
-  const std::string bytes = testing::u8_file({{"a", a}, {"b", b}});
-  const std::size_t data_start = bytes.size() - a - b;
-  TempFile tmp(bytes);
-  const File file = File::open(tmp.path());
-  const Header h = Header::read(file);
-  const Plan plan = plan_reads(h, a + b);
-  ASSERT_EQ(plan.ops.size(), 1u);
-  auto executor = make_executor(1);
-  {
-    std::vector<std::string> out = {std::string(a, '\0'), std::string(b, '\0')};
-    std::vector<void*> dst = {out[0].data(), out[1].data()};
-    std::atomic<int> checks{0};
-    LoadControl control(plan, [&] { return ++checks > 2; });
-    testing::expect_code(ErrorCode::kCancelled,
-                         [&] { read_host({Source{&file}}, plan, dst, {}, *executor, &control); });
-    EXPECT_EQ(checks.load(), 3) << "before the op, after piece 1, after piece 2";
-    EXPECT_EQ(out[1].find_first_not_of('\0', b - kCancelCheckBytes), std::string::npos)
-        << "the last piece was not read";
-  }
-  std::vector<std::string> out = {std::string(a, '\0'), std::string(b, '\0')};
-  std::vector<void*> dst = {out[0].data(), out[1].data()};
-  std::atomic<int> checks{0};
-  LoadControl control(plan, [&] { return ++checks > 1000; });
-  read_host({Source{&file}}, plan, dst, {}, *executor, &control);
-  EXPECT_EQ(checks.load(), 4) << "once before the op, once between each of its 4 pieces";
-  EXPECT_TRUE(out[0] + out[1] == bytes.substr(data_start)) << "pieces that split a tensor join up";
-}
-
-TEST(CacheMap, UniformAnswersTheSameForEveryRange) {
-  EXPECT_TRUE(CacheMap::uniform(true).cached(12345, 1 << 20));
-  EXPECT_FALSE(CacheMap::uniform(false).cached(0, 1));
-}
-
-TEST(CacheMap, FromPagesSamplesFirstLastAndBetween) {
-  // 10 pages of 100 bytes: 0-3 cached, 4 not, 5-9 cached.
-  std::vector<bool> pages(10, true);
-  pages[4] = false;
-  const CacheMap map = CacheMap::from_pages(pages, 100);
-  EXPECT_TRUE(map.cached(0, 400));     // pages 0-3
-  EXPECT_FALSE(map.cached(399, 2));    // pages 3-4: the last one is not
-  EXPECT_FALSE(map.cached(0, 1000));   // 10 pages, samples 0, 2, 4, 6, 9: page 4 is sampled
-  EXPECT_TRUE(map.cached(500, 500));   // pages 5-9
-  EXPECT_TRUE(map.cached(450, 0));     // an empty range asks nothing
-  EXPECT_FALSE(map.cached(950, 100));  // runs past the known pages
-}
-
-TEST(CacheMap, OfAFileJustReadSaysCached) {
-  const std::string data(3 * 4096 + 5, 'x');
-  TempFile tmp(data);
-  const File file = File::open(tmp.path());
-  std::string buf(data.size(), '\0');
-  file.pread_full(buf.data(), buf.size(), 0);  // now in the page cache
-  const CacheMap map = CacheMap::of(file);
-  EXPECT_TRUE(map.cached(0, data.size()));
-  CacheMap moved = CacheMap::of(file);
-  const CacheMap target(std::move(moved));  // the mapping moves with it; nothing is unmapped twice
-  EXPECT_TRUE(target.cached(4096, 10));
+TEST(Policy, ReadAheadStartsWhenTheCallerEvidentlyWantsMostOfTheFile) {
+  HandleUse use;
+  use.tensors = 100;
+  EXPECT_FALSE(read_ahead_pays(use));
+  use.prefetch_asked = true;
+  EXPECT_TRUE(read_ahead_pays(use)) << "asked explicitly";
+  use.prefetch_asked = false;
+  // A loop over keys(): after the second whole tensor.
+  use.listed_keys = true;
+  use.asked = use.whole_reads = 1;
+  EXPECT_FALSE(read_ahead_pays(use)) << "one tensor: maybe the only one wanted";
+  use.asked = use.whole_reads = 2;
+  EXPECT_TRUE(read_ahead_pays(use));
+  use.partial_reads = 1;
+  EXPECT_FALSE(read_ahead_pays(use)) << "a caller reading parts (tensor parallelism) reads those alone";
+  // transformers: a slice of every key asked for, then whole reads.
+  use = HandleUse{};
+  use.tensors = 100;
+  use.asked = 100;
+  use.whole_reads = 2;
+  EXPECT_TRUE(read_ahead_pays(use));
+  use.asked = 49;
+  EXPECT_FALSE(read_ahead_pays(use)) << "a few named tensors, keys never listed";
+  use.asked = 50;
+  EXPECT_TRUE(read_ahead_pays(use));
 }
 
 }  // namespace

@@ -281,5 +281,53 @@ TEST(ReadErrors, FileTruncatedAfterValidationIsIoAndStagingIsDrained) {
   EXPECT_EQ(deferred.pending(), 0u) << "no copy may still read staging memory after an error";
 }
 
+TEST(ReadHost, CancelledLoadStopsBetweenReads) {
+  const std::string bytes = testing::u8_file({{"a", 1000}, {"b", 1000}});
+  TempFile tmp(bytes);
+  const File file = File::open(tmp.path());
+  const Header h = Header::read(file);
+  const Plan plan = plan_reads(h, 100);
+  std::vector<std::string> out(2, std::string(1000, '\0'));
+  std::vector<void*> dst = {out[0].data(), out[1].data()};
+  std::atomic<int> reads{0};
+  LoadControl control(plan, [&] { return ++reads > 3; });
+  auto executor = make_executor(1);
+  testing::expect_code(ErrorCode::kCancelled,
+                       [&] { read_host({Source{&file}}, plan, dst, {}, *executor, &control); });
+  EXPECT_EQ(control.bytes_done(), 300u) << "three reads, then the hook said stop";
+}
+
+TEST(ReadHost, ALargeReadIsCancelledBetweenPieces) {
+  // One op three pieces long (plus a byte), two tensors: a cancel asked for
+  // while the first piece is read stops the op before the rest.
+  const std::uint64_t a = kCancelCheckBytes + kCancelCheckBytes / 2, b = kCancelCheckBytes * 3 / 2 + 1;
+  const std::string bytes = testing::u8_file({{"a", a}, {"b", b}});
+  const std::size_t data_start = bytes.size() - a - b;
+  TempFile tmp(bytes);
+  const File file = File::open(tmp.path());
+  const Header h = Header::read(file);
+  const Plan plan = plan_reads(h, a + b);
+  ASSERT_EQ(plan.ops.size(), 1u);
+  auto executor = make_executor(1);
+  {
+    std::vector<std::string> out = {std::string(a, '\0'), std::string(b, '\0')};
+    std::vector<void*> dst = {out[0].data(), out[1].data()};
+    std::atomic<int> checks{0};
+    LoadControl control(plan, [&] { return ++checks > 2; });
+    testing::expect_code(ErrorCode::kCancelled,
+                         [&] { read_host({Source{&file}}, plan, dst, {}, *executor, &control); });
+    EXPECT_EQ(checks.load(), 3) << "before the op, after piece 1, after piece 2";
+    EXPECT_EQ(out[1].find_first_not_of('\0', b - kCancelCheckBytes), std::string::npos)
+        << "the last piece was not read";
+  }
+  std::vector<std::string> out = {std::string(a, '\0'), std::string(b, '\0')};
+  std::vector<void*> dst = {out[0].data(), out[1].data()};
+  std::atomic<int> checks{0};
+  LoadControl control(plan, [&] { return ++checks > 1000; });
+  read_host({Source{&file}}, plan, dst, {}, *executor, &control);
+  EXPECT_EQ(checks.load(), 4) << "once before the op, once between each of its 4 pieces";
+  EXPECT_TRUE(out[0] + out[1] == bytes.substr(data_start)) << "pieces that split a tensor join up";
+}
+
 }  // namespace
 }  // namespace safeload::fast

@@ -112,6 +112,37 @@ BASE = textwrap.dedent('''
                 m = type(m)(m.dtype, m.shape, (m.data_offsets[0] + 8, m.data_offsets[1] + 8))
             return m
 
+        def prefetch(self, plan=None):
+            if MUTATION == "prefetch_rows_from_zero" and plan:
+                plan = {{n: None if r is None else slice(0, r.stop - r.start) for n, r in plan.items()}}
+            return Loader(self.inner.prefetch(plan))
+
+
+    class Loader:
+        def __init__(self, inner):
+            self.inner, self.given = inner, {{}}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.inner.close()
+
+        def names(self):
+            return sorted(self.inner.names()) if MUTATION == "prefetch_names_sorted" else self.inner.names()
+
+        def __len__(self):
+            return len(self.inner)
+
+        def take(self, name):
+            if MUTATION == "prefetch_takes_twice" and name in self.given:
+                return self.given[name]
+            self.given[name] = self.inner.take(name)
+            return self.given[name]
+
+        def __iter__(self):
+            return iter(self.inner)
+
 
     def safe_open(path, framework, device="cpu"):
         return Handle(path, framework, device)
@@ -139,6 +170,9 @@ MUTATIONS = {
     "start_past_stop_underflows": ("get_slice", "SystemError"),
     "none_unsupported": ("get_slice", "ValueError"),
     "f4_in_packed_units": ("get_slice", ""),
+    "prefetch_rows_from_zero": ("prefetch", "rows 1:4"),
+    "prefetch_names_sorted": ("prefetch", "names() is"),
+    "prefetch_takes_twice": ("prefetch", "a second take()"),
 }
 
 
@@ -166,8 +200,8 @@ def test_the_correct_module_passes_every_surface(mutant_reports):
     report = mutant_reports["correct"]
     assert report.ok, report.render()
     counts = report.surface_counts()
-    assert {"load_file", "load", "safe_open", "get_tensor_meta", "get_slice"} <= set(counts)
-    assert counts["get_slice"][PASSED] > 100
+    assert {"load_file", "load", "safe_open", "get_tensor_meta", "get_slice", "prefetch"} <= set(counts)
+    assert counts["get_slice"][PASSED] > 100 and counts["prefetch"][PASSED] > 0
 
 
 @pytest.mark.parametrize("mutation", list(MUTATIONS))

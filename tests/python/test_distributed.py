@@ -215,9 +215,9 @@ def check_errors(model: str, broken: str, report: dict) -> None:
     # An I/O error while the last rank reads its share (after its reads).
     real = sd._read_share
 
-    def failing(p, ops, out):
-        real(p, ops, out)
-        raise OSError(errno.EIO, os.strerror(errno.EIO), os.fsdecode(p.files[-1]))
+    def failing(p, *args):
+        real(p, *args)
+        raise OSError(errno.EIO, os.strerror(errno.EIO), os.fsdecode(p.checkpoint.files()[-1]))
 
     if rank == last:
         sd._read_share = failing
@@ -425,12 +425,10 @@ def test_ranks_load_like_one_process(model_dir, world):
         assert len({(s["type"], s["code"], s["errno"], s["message"]) for s in seen}) == 1, (key, seen)
         assert seen[0]["type"] == cls, (key, seen[0])
         assert prefix in seen[0]["message"], (key, seen[0])
-        assert all(s["seconds"] < TIMEOUT for s in seen), (key, seen)
     assert reports[0]["truncated"]["code"] == "METADATA_INCOMPLETE_BUFFER"
     assert reports[0]["read_error"]["errno"] == errno.EIO
     for r in reports[:-1]:
         assert r["timeout"]["type"] == "TimeoutError", r["timeout"]
-        assert r["timeout"]["seconds"] < TIMEOUT
 
     # No leaks: fds and threads unchanged by 20 more loads, memory grew by under 16 MiB.
     for r in reports:
@@ -471,13 +469,3 @@ def test_split_matches_tensor_split():
             for rank in range(world):
                 dim, start, stop = sd.split(0)(rank, world, [size])
                 assert torch.equal(t[start:stop], parts[rank])
-
-
-def test_shares_are_contiguous_and_balanced():
-    lengths = [64] * 100 + [10] * 7 + [64] * 50
-    for parts in (1, 2, 3, 4, 8):
-        shares = sd._split_shares(lengths, parts)
-        assert shares[0][0] == 0 and shares[-1][1] == len(lengths)
-        assert all(a[1] == b[0] for a, b in zip(shares, shares[1:]))
-        for first, last in shares:
-            assert abs(sum(lengths[first:last]) - sum(lengths) / parts) <= 64

@@ -193,7 +193,7 @@ def test_cold_file_loads_through_the_uncached_path(tmp_path_factory):
         report = {}
         got = safeload.load_file(path, threads=threads, chunk_bytes=chunk, report=report)
         check(got)
-        assert report["route"] == "direct" and report["io"] == "auto", report
+        assert report["route"] == "host" and report["io"] == "auto", report
         assert report["bytes_total"] == report["bytes_done"] == data_bytes, report
         # Eviction is advice: a page may stay, so most bytes, not all, must bypass.
         assert report["bypass"] and report["ops_uncached"] > 0, report

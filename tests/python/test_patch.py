@@ -42,10 +42,12 @@ def test_routes_and_restores(saved):
             assert safetensors.safe_open is not ORIGINAL["safe_open"]
             assert importer.safe_open is safetensors.safe_open
             assert importer.load_file is safetensors.torch.load_file
-            with importer.safe_open(path, framework="pt") as f:
+            # backend="pread": safeload reads (a warm file under the default mmap is mapped,
+            # as upstream maps it: test_a_warm_file_is_mapped_and_a_cold_one_read).
+            with importer.safe_open(path, framework="pt", backend="pread") as f:
                 assert isinstance(f, safeload.safe_open)
                 assert torch.equal(f.get_tensor("w"), tensors["w"])
-            assert torch.equal(importer.load_file(path)["b"], tensors["b"])
+            assert torch.equal(importer.load_file(path, backend="pread")["b"], tensors["b"])
             assert torch.equal(safetensors.torch.load(open(path, "rb").read())["w"], tensors["w"])
             model = torch.nn.Linear(3, 2)
             safetensors.torch.load_model(model, model_path)  # calls the patched load_file
@@ -56,7 +58,7 @@ def test_routes_and_restores(saved):
             late = types.ModuleType("imported_during_patch")
             late.safe_open = safetensors.safe_open
             sys.modules[late.__name__] = late
-        assert p.calls == {"safe_open": 1, "tensors": 7, "load_file": 2, "load": 1}
+        assert p.calls == {"safe_open": 1, "tensors": 5, "load_file": 1, "load": 1, "mapped": 1}
         assert not patching.is_patched()
         assert safetensors.safe_open is ORIGINAL["safe_open"]
         assert safetensors.torch.load_file is ORIGINAL["load_file"]
@@ -67,6 +69,36 @@ def test_routes_and_restores(saved):
     finally:
         sys.modules.pop("imported_before_patch", None)
         sys.modules.pop("imported_during_patch", None)
+
+
+def test_a_warm_file_is_mapped_and_a_cold_one_read(tmp_path_factory):
+    """Under the default backend on the CPU, a file the page cache holds is served by upstream
+    (a mapping: safeload's reading would be slower) and counted as mapped; a cold one, another
+    backend, or safeload's own options are read by safeload. The tensors are the writer's."""
+    from helpers import evictable_dir
+    from safeload.bench import cache
+
+    path = os.path.join(evictable_dir(tmp_path_factory, "patch"), "m.safetensors")
+    tensors = {"w": torch.arange(1 << 16, dtype=torch.float32), "b": torch.ones(3)}
+    safetensors.torch.save_file(tensors, path)
+    with safeload.patch() as p:
+        safetensors.torch.load_file(path)  # warm now, whatever it was
+        with safetensors.safe_open(path, framework="pt") as f:
+            assert not isinstance(f, safeload.safe_open)
+            assert torch.equal(f.get_tensor("w"), tensors["w"])
+        assert torch.equal(safetensors.torch.load_file(path)["w"], tensors["w"])
+        with safetensors.safe_open(path, framework="pt", threads=1) as f:  # safeload's option
+            assert isinstance(f, safeload.safe_open)
+        for _ in range(2):
+            cache.evict(path)
+            if cache.resident_fraction(path) in (0.0, None):
+                break
+        else:
+            pytest.skip("the file stays in the page cache here")
+        with safetensors.safe_open(path, framework="pt") as f:
+            assert isinstance(f, safeload.safe_open)
+            assert torch.equal(f.get_tensor("w"), tensors["w"])
+    assert p.calls["mapped"] >= 3 and p.calls["safe_open"] == 2
 
 
 def test_modules_scanned_before_are_seen_when_they_change(saved):

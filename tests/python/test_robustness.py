@@ -332,7 +332,20 @@ import json, os, signal, sys, time
 # across exec, so Python would install no KeyboardInterrupt handler.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 import safeload
-path, warm, kw = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+path, warm, kw, surface = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+
+def load(report):
+    if surface == "prefetch":  # every tensor through safe_open(...).prefetch(), iterated
+        with safeload.safe_open(path, "pt", **kw) as f:
+            loader = f.prefetch()
+            try:
+                for _ in loader:
+                    pass
+            finally:
+                report.update(loader.report())
+                loader.close()
+    else:
+        safeload.load_file(path, report=report, **kw)
 
 def counts():
     with open("/proc/self/status") as f:
@@ -362,7 +375,7 @@ try:
     while True:
         report = {}
         in_load = True
-        safeload.load_file(path, report=report, **kw)
+        load(report)
         in_load = False
         loads += 1
 except KeyboardInterrupt:
@@ -379,17 +392,19 @@ print("JSON " + json.dumps({"caught": caught, "loads": loads, "in_load": in_load
 
 
 def interrupt_child(path: str, warm: str, kw: dict, shim: str | None = None, fault: str | None = None,
-                    signal_at: int = 2 * MiB, ignore_sigint: bool = False) -> tuple[dict, float]:
+                    signal_at: int = 2 * MiB, ignore_sigint: bool = False,
+                    surface: str = "load_file") -> tuple[dict, float]:
     """Starts SIGINT_CHILD, sends SIGINT once its resident memory has grown by
     ``signal_at`` bytes (the load's tensors filling: a point in the load, not
     a time; no Python code runs in the child meanwhile, so it is the loader's
     own signal check that must notice); returns its report and when the signal
     was sent (CLOCK_MONOTONIC, which every process on the machine shares).
     ``ignore_sigint`` starts the child with SIGINT ignored, as a shell without
-    job control starts a background job."""
+    job control starts a background job. ``surface``: ``load_file``, or
+    ``prefetch`` (safe_open(...).prefetch() iterated)."""
     env = harness.child_env(shim, {"SAFELOAD_FAULT": fault} if fault else None)
     preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
-    proc = subprocess.Popen([sys.executable, "-c", SIGINT_CHILD, path, warm, json.dumps(kw)],
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_CHILD, path, warm, json.dumps(kw), surface],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                             env=env, preexec_fn=preexec)
     try:
@@ -475,6 +490,16 @@ def test_sigint_stops_slow_reads_on_every_route(shim, tmp_path, model, route):
     report, sent = interrupt_child(path, model[0], kw, shim=shim, fault=fault)
     # A few MiB are read before SIGINT here, no more than resident memory drifts by (16 MiB
     # seen): the 1 GiB test above checks memory comes back.
+    check_interrupted(report, sent, 64 * MiB, memory=False)
+
+
+def test_sigint_stops_a_prefetch(shim, tmp_path, model):
+    """safe_open(...).prefetch() iterated over slow reads: SIGINT stops it part-way, as a load."""
+    path = str(tmp_path / "slow.safetensors")
+    upstream.save_file({f"w{i}": torch.zeros(1 << 20) for i in range(16)}, path)  # 64 MiB
+    fault = f"kind=delay,fn=pread+preadv+read,nth=1,count=-1,filter={path},arg=50000"
+    report, sent = interrupt_child(path, model[0], {"chunk_bytes": MiB, "io": "cached"}, shim=shim, fault=fault,
+                                   surface="prefetch")
     check_interrupted(report, sent, 64 * MiB, memory=False)
 
 
