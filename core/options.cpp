@@ -58,4 +58,28 @@ std::string_view io_name(LoadOptions::Io io) {
   return "?";
 }
 
+std::string_view route_name(ReadRoute route) {
+  switch (route) {
+    case ReadRoute::kHostCached: return "host-cached";
+    case ReadRoute::kHostBypass: return "host-bypass";
+    case ReadRoute::kStagedCached: return "staged-cached";
+    case ReadRoute::kStagedUncached: return "staged-uncached";
+    case ReadRoute::kReference: return "reference";
+  }
+  return "?";
+}
+
+bool route_bypasses_cache(ReadRoute route) {
+  return route == ReadRoute::kHostBypass || route == ReadRoute::kStagedUncached;
+}
+
+LoadOptions route_options(ReadRoute route) {
+  LoadOptions options;
+  options.staged = route == ReadRoute::kStagedCached || route == ReadRoute::kStagedUncached;
+  if (route != ReadRoute::kReference) {
+    options.io = route_bypasses_cache(route) ? LoadOptions::Io::kUncached : LoadOptions::Io::kCached;
+  }
+  return options;
+}
+
 }  // namespace safeload

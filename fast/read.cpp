@@ -191,12 +191,6 @@ void read_host(const std::vector<Source>& sources, const Plan& plan, const std::
   });
 }
 
-void read_ranges(const File& file, const std::vector<Range>& ranges, Executor& executor) {
-  executor.parallel_for(ranges.size(), [&](std::size_t i) {
-    file.pread_full(ranges[i].dst, ranges[i].length, ranges[i].file_offset);
-  });
-}
-
 void read_cached(const File& file, const Plan& plan, const std::vector<void*>& dst, Executor& executor) {
   read_host({Source{&file, nullptr, nullptr}}, plan, dst, {}, executor);
 }

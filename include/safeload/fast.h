@@ -444,16 +444,6 @@ class Prefaulter {
 void read_staged(const std::vector<Source>& sources, const Plan& plan, const std::vector<void*>& slots,
                  StagedTarget& target, Executor& executor, LoadControl* control = nullptr);
 
-// Arbitrary byte ranges of one file into host memory, in parallel: range i's
-// `length` bytes at `file_offset` land at `dst`. For reads that are not whole
-// tensors (a slice of rows, a share of a checkpoint).
-struct Range {
-  std::uint64_t file_offset;
-  std::uint64_t length;
-  void* dst;
-};
-void read_ranges(const File& file, const std::vector<Range>& ranges, Executor& executor);
-
 // One file, through the page cache only: read_host with no slots.
 void read_cached(const File& file, const Plan& plan, const std::vector<void*>& dst, Executor& executor);
 

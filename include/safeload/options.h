@@ -72,6 +72,28 @@ std::string_view io_name(LoadOptions::Io io);
 // "mmap" or "pread" (upstream's values); anything else is Error(kInvalidArgument).
 LoadOptions::Backend parse_backend(std::string_view backend);
 
+// Every way bytes can move from a file into tensors, enumerated once, as
+// re2's tester.h enumerates its engines: the C++ read tests, the fuzz target,
+// the torch-layer tests and the Python robustness suite iterate this list, so a
+// route cannot ship without being compared against the reference.
+//   kHostCached:     host-writable destinations, through the page cache;
+//   kHostBypass:     host-writable destinations, O_DIRECT into bounce slots;
+//   kStagedCached:   slots and a copy target (a device), through the page cache;
+//   kStagedUncached: slots and a copy target, O_DIRECT;
+//   kReference:      the reference loader, one pread per tensor.
+enum class ReadRoute { kHostCached, kHostBypass, kStagedCached, kStagedUncached, kReference };
+inline constexpr ReadRoute kReadRoutes[] = {ReadRoute::kHostCached, ReadRoute::kHostBypass,
+                                            ReadRoute::kStagedCached, ReadRoute::kStagedUncached,
+                                            ReadRoute::kReference};
+// "host-cached", "host-bypass", "staged-cached", "staged-uncached", "reference".
+std::string_view route_name(ReadRoute route);
+// Whether the route reads around the page cache (O_DIRECT): where the file
+// system lacks it, the route reads through the page cache instead.
+bool route_bypasses_cache(ReadRoute route);
+// The fast loader's options that force `route` on a host destination
+// (kReference: the defaults; the reference loader takes none).
+LoadOptions route_options(ReadRoute route);
+
 // The options' names, as the bindings accept them.
 inline constexpr std::string_view kOptionNames[] = {"threads", "chunk_bytes", "staging_bytes", "staged",
                                                     "io",      "prefault",    "backend"};

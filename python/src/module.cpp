@@ -326,6 +326,22 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("sizes"), py::arg("nbytes"), py::arg("candidates"),
      "Of (dim, start, stop) ranges each holding what is wanted of a tensor, the index of the cheapest to read.");
 
+  m.def("read_routes", [] {
+    py::list out;
+    for (ReadRoute route : kReadRoutes) {
+      py::object options = py::none();
+      if (route != ReadRoute::kReference) {
+        const LoadOptions o = route_options(route);
+        py::dict d;
+        d["staged"] = o.staged;
+        d["io"] = std::string(io_name(o.io));
+        options = d;
+      }
+      out.append(py::make_tuple(std::string(route_name(route)), options));
+    }
+    return out;
+  }, "Every route bytes can take, as (name, the load options forcing it; None for the reference loader).");
+
   m.def("serve_by_mapping", [](const py::object& backend, bool host_device, bool all_cached) {
     const LoadOptions::Backend b = backend.is_none() ? LoadOptions::Backend::kUnspecified
                                                      : parse_backend(str_option("backend", backend));

@@ -4,10 +4,12 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <set>
 
 #include "safeload/fast.h"
 #include "deferred_target.h"
 #include "safeload/reference.h"
+#include "routes.h"
 #include "test_util.h"
 
 namespace safeload::fast {
@@ -47,6 +49,44 @@ std::vector<std::string> reference_bytes(const File& file, const Header& h) {
 }
 
 using testing::DeferredTarget;
+
+// Every route of kReadRoutes against the file's own bytes (the data section
+// of what the writer wrote, cut at the header's offsets), for chunk sizes
+// from one byte to more than the file and one to several slots.
+TEST(Routes, EveryRouteGivesTheFileBytesForEveryChunkAndSlotCount) {
+  const std::string contents = mixed_file();
+  TempFile tmp(contents);
+  const File file = File::open(tmp.path());
+  const File uncached = File::open_uncached(file);
+  const Header h = Header::read(file);
+  std::vector<std::string> expected;
+  for (const TensorInfo& t : h.tensors()) expected.push_back(contents.substr(h.data_start() + t.begin, t.nbytes()));
+  for (ReadRoute route : kReadRoutes) {
+    for (std::uint64_t chunk : {1ull, 4095ull, 65536ull, 1ull << 20}) {
+      if (route_bypasses_cache(route) && chunk < 512) continue;  // ~10^5 O_DIRECT reads: slow, 4095 covers it
+      for (std::size_t slot_count : {1, 3}) {
+        SCOPED_TRACE(::testing::Message() << route_name(route) << ", chunk " << chunk << ", " << slot_count << " slots");
+        Buffers out(h);
+        auto executor = make_executor(3);
+        const testing::RouteRun run =
+            testing::read_by_route(route, file, &uncached, h, chunk, slot_count, out.ptrs, *executor);
+        EXPECT_EQ(out.storage, expected);
+        EXPECT_EQ(run.slots_reused_before_wait, 0u);
+        EXPECT_EQ(run.copies_pending, 0u);
+      }
+    }
+  }
+}
+
+TEST(Routes, EachHasItsOwnNameAndOptions) {
+  std::set<std::string> names;
+  for (ReadRoute route : kReadRoutes) names.insert(std::string(route_name(route)));
+  EXPECT_EQ(names.size(), std::size(kReadRoutes));
+  EXPECT_EQ(route_options(ReadRoute::kHostBypass).io, LoadOptions::Io::kUncached);
+  EXPECT_FALSE(route_options(ReadRoute::kHostBypass).staged);
+  EXPECT_EQ(route_options(ReadRoute::kStagedCached).io, LoadOptions::Io::kCached);
+  EXPECT_TRUE(route_options(ReadRoute::kStagedCached).staged);
+}
 
 TEST(ReadCached, MatchesReferenceForEveryChunkSize) {
   TempFile tmp(mixed_file());

@@ -27,16 +27,26 @@ TEST(Loaders, FastMatchesReferenceOnEveryPathAndAlignsData) {
                              entry("c", "C64", "5", 61, 101) + "}";
   TempFile tmp(make_file(header, data));
   const TensorMap ref = reference::load_file(tmp.path());
-  LoadOptions staged;
-  staged.staged = true;
-  staged.chunk_bytes = kMinChunkBytes + 5;
-  staged.staging_bytes = kMinStagingBytes;
-  LoadOptions small_chunks;
-  small_chunks.chunk_bytes = kMinChunkBytes;
-  small_chunks.threads = 3;
-  for (const LoadOptions& options : {LoadOptions{}, staged, small_chunks}) {
+  // Every route of kReadRoutes, with the default chunks and with small ones
+  // split across several reads and threads.
+  std::vector<std::pair<std::string, LoadOptions>> runs;
+  for (ReadRoute route : kReadRoutes) {
+    if (route == ReadRoute::kReference) continue;  // the oracle
+    LoadOptions options = route_options(route);
+    runs.emplace_back(std::string(route_name(route)), options);
+    options.chunk_bytes = kMinChunkBytes + 5;
+    options.staging_bytes = kMinStagingBytes;
+    options.threads = 3;
+    runs.emplace_back(std::string(route_name(route)) + ", small chunks", options);
+  }
+  ASSERT_EQ(runs.size(), 2 * (std::size(kReadRoutes) - 1));
+  for (const auto& [what, options] : runs) {
+    SCOPED_TRACE(what);
     const TensorMap fast = load_file(tmp.path(), c10::Device("cpu"), options);
     ASSERT_EQ(fast.size(), ref.size());
+    // In file order, as the reference.
+    EXPECT_TRUE(std::equal(fast.begin(), fast.end(), ref.begin(),
+                           [](const auto& a, const auto& b) { return a.first == b.first; }));
     for (const auto& [name, r] : ref) {
       SCOPED_TRACE(name);
       const at::Tensor& f = fast.at(name);

@@ -305,7 +305,10 @@ def test_wrong_bytes_are_reported_not_timed(tiny_checkpoints):
     assert models.check_model_run({"key": "transformers", "tensors": extra}, written)["wrong_bytes"]
     unpatched = models.check_model_run({"key": "transformers-patched", "tensors": dict(good), "patch_calls": {}},
                                        written)
-    assert "served no tensor" in unpatched["error"]
+    assert "served no file" in unpatched["error"]
+    mapped = models.check_model_run({"key": "diffusers-patched", "tensors": dict(good), "patch_calls": {"mapped": 1}},
+                                    written)
+    assert "error" not in mapped
 
     paths = models.shard_paths(root, records[4])
     expected = loaders.file_checksum(paths)
@@ -339,3 +342,49 @@ def test_models_command_times_each_shard_count_and_checks_bytes(tiny_checkpoints
         assert rows["safeload-checkpoint"]["time_over_load_checkpoint"] == 1.0
         for runs in block["runs"].values():
             assert [r["checksum"] for r in runs] == [doc["checkpoints"][str(block["shards"])]["checksum"]]
+
+
+def test_models_command_loads_a_diffusers_checkpoint_patched_and_shipped(tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    root = str(tmp_path / "d")
+    out = tmp_path / "models.json"
+    argv = ["--model", "diffusers", "--dir", root, "--hidden", "64", "--layers", "1", "--shards", "2",
+            "--ways", "diffusers,diffusers-patched", "--condition", "warm", "--rounds", "1",
+            "--settle", "0", "--json", str(out), "--no-progress"]
+    assert models.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "WRONG BYTES" not in text and "failed" not in text, text
+    assert sorted(os.listdir(os.path.join(root, "shards-2")))[:2] == [
+        "config.json", "diffusion_pytorch_model-00001-of-00002.safetensors"]
+    assert os.path.exists(os.path.join(root, "shards-2", "diffusion_pytorch_model.safetensors.index.json"))
+    doc = json.loads(out.read_text())
+    for block in doc["results"]:
+        rows = {r["key"]: r for r in block["rows"]}
+        assert set(rows) == {"diffusers", "diffusers-patched"}
+        assert all(r["status"] == "ok" for r in rows.values()), rows
+        # The patched way's time over the shipped way's, from the same run's medians.
+        assert rows["diffusers-patched"]["time_over_shipped"] == pytest.approx(
+            rows["diffusers-patched"]["seconds_median"] / rows["diffusers"]["seconds_median"])
+        calls = block["runs"]["diffusers-patched"][0]["patch_calls"]
+        assert calls.get("tensors") or calls.get("mapped"), calls
+
+
+def test_safe_open_bench_counts_what_each_caller_reads(tmp_path, capsys):
+    from safeload.bench import partial
+
+    path = str(model.ensure_file(16 << 20, tmp_path))
+    chosen = partial.targets(path)
+    expected = partial._expected_checksums(path, chosen)
+    doc = partial.run(path, conditions=["warm"], rounds=1, settle=0, timeout=300, interpreters={})
+    rows = {(r["task"], r["key"]): r for r in doc["rows"]}
+    assert {t for t, _ in rows} == set(partial.TASKS)
+    for (task, key), r in rows.items():
+        assert "error" not in r, r
+        assert r["asked_bytes"] == chosen[task]["nbytes"]
+    assert rows[("every tensor", "safeload")]["report"]["read_ahead"]
+    assert not rows[("one tensor", "safeload")]["report"]["read_ahead"]
+    # The checksums each run is checked against come from the file's bytes; a caller given
+    # the wrong slice would be reported as wrong.
+    assert len(set(expected.values())) == len(expected)
+    print(partial.table(doc))
+    assert "quarter of columns" in capsys.readouterr().out

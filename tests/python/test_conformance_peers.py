@@ -24,7 +24,11 @@ def test_shipped_lists_parse_and_name_real_cases():
     from safeload.conformance.cases import load_corpus
 
     names = {c.name for c in load_corpus()}
-    for path in peers.LISTS.glob("*.txt"):
+    lists = sorted(peers.LISTS.glob("*.txt"))
+    # One list per peer that fails something (peers.json says which), none missing.
+    assert {p.name for p in lists} == {f"{k}.txt" for k, e in DATA.items()
+                                       if e["expected_failures"] and not k.startswith("safeload")}, lists
+    for path in lists:
         listed = parse_expected_failures(path.read_text(), str(path))
         assert listed
         for n in listed:

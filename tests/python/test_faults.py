@@ -34,6 +34,7 @@ import harness  # noqa: E402
 
 import safeload  # noqa: E402
 import safeload.reference  # noqa: E402
+from safeload import _C  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD and /proc are Linux's")
 
@@ -45,13 +46,13 @@ MiB = 1 << 20
 
 # Every read path, as a worker case template. Small chunks so a load makes
 # many read calls; two threads so faults also land on helper threads.
+# Every route of the fast loader as the core enumerates them, a cold load left
+# to the policy, the reference loader and the header reader.
 PATHS = {
-    "cached": {"op": "load", "kwargs": {"io": "cached", "chunk_bytes": 65536, "threads": 2}},
-    "uncached": {"op": "load", "kwargs": {"io": "uncached", "chunk_bytes": 65536, "threads": 2}},
+    **{name: {"op": "load", "kwargs": {**options, "chunk_bytes": 65536, "threads": 2,
+                                       **({"staging_bytes": MiB} if options["staged"] else {})}}
+       for name, options in _C.read_routes() if options is not None},
     "auto-cold": {"op": "load", "kwargs": {"chunk_bytes": 65536, "threads": 2}, "evict": True},
-    "staged": {"op": "load", "kwargs": {"staged": True, "chunk_bytes": 65536, "threads": 2, "staging_bytes": MiB}},
-    "staged-uncached": {"op": "load", "kwargs": {"staged": True, "io": "uncached", "chunk_bytes": 65536,
-                                                  "threads": 2, "staging_bytes": MiB}},
     "reference": {"op": "reference"},
     "read_header": {"op": "read_header"},
 }
@@ -210,10 +211,10 @@ def test_faults_fire_on_o_direct_reads(matrix, files):
     if not supports_o_direct(files["dir"]):
         pytest.skip("no file system with O_DIRECT here")
     _, results = matrix
-    assert any(r.get("fired_direct", 0) > 0 for k, r in results.items() if k.startswith("uncached-"))
+    assert any(r.get("fired_direct", 0) > 0 for k, r in results.items() if k.startswith(("host-bypass-", "staged-uncached-")))
 
 
-STABILITY_PATHS = ["cached", "uncached", "staged", "reference", "read_header"]
+STABILITY_PATHS = ["host-cached", "host-bypass", "staged-cached", "reference", "read_header"]
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +251,7 @@ def test_hundreds_of_failed_loads_leak_nothing(stability, files, path_name):
                                  f"of a {file_size / MiB:.1f} MiB file"
 
 
-CHANGE_PATHS = ["cached", "uncached", "auto-cold", "staged", "reference"]
+CHANGE_PATHS = ["host-cached", "host-bypass", "auto-cold", "staged-cached", "reference"]
 CHANGE_ACTIONS = ["truncate-0", "truncate-half", "truncate-data", "replace", "unlink"]
 
 
@@ -305,7 +306,7 @@ def test_file_changed_during_load(changes, files, path_name, action):
 def open_faults(shim, files):
     cases = []
     for kind in ("eio", "eintr"):
-        for name in ("cached", "uncached", "staged", "reference", "read_header"):
+        for name in ("host-cached", "host-bypass", "staged-cached", "reference", "read_header"):
             case = dict(PATHS[name])
             case.update(id=f"{name}-{kind}", path=files["model"],
                         fault={"kind": kind, "fns": ["open"], "nth": 1, "count": 1, "filter": files["model"]})

@@ -52,7 +52,7 @@ def write_raw(path, header: bytes, data: bytes = b"") -> str:
     ],
     ids=["twice", "three-times-with-a-tensor", "escaped-spelling", "non-ascii"],
 )
-def test_item8_duplicate_metadata_key_accepted_like_upstream(tmp_path, header):
+def test_duplicate_metadata_key_accepted_like_upstream(tmp_path, header):
     has_tensor = b'"t"' in header
     path = write_raw(tmp_path / "dup.safetensors", header, b"ab" if has_tensor else b"")
 
@@ -69,7 +69,7 @@ def test_item8_duplicate_metadata_key_accepted_like_upstream(tmp_path, header):
             assert torch.equal(got[name], want[name])
 
 
-def test_item8_repeated_key_still_needs_string_values(tmp_path):
+def test_repeated_key_still_needs_string_values(tmp_path):
     # Upstream checks each value as it reads it, so a non-string value is an
     # error even when a later value for the same key would replace it.
     path = write_raw(tmp_path / "dup.safetensors", b'{"__metadata__":{"k":1,"k":"2"}}')
@@ -136,7 +136,7 @@ def write_many_tensors(path, n: int) -> str:
     return write_raw(path, ("{" + entries + "}").encode(), b"\x5a" * n)
 
 
-def test_item9_million_tensor_header_memory(tmp_path):
+def test_million_tensor_header_memory(tmp_path):
     n = 1_000_000
     path = write_many_tensors(tmp_path / "million.safetensors", n)
     theirs = peak_growth("upstream", path)
@@ -145,7 +145,7 @@ def test_item9_million_tensor_header_memory(tmp_path):
     assert_within_upstream(ours, theirs)
 
 
-def test_item9_99mb_metadata_string_memory(tmp_path):
+def test_99mb_metadata_string_memory(tmp_path):
     # One metadata value fills a header at the 100 MB limit.
     head, tail = b'{"__metadata__":{"k":"', b'"}}'
     size = 99_000_000

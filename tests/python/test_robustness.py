@@ -36,6 +36,7 @@ import harness  # noqa: E402
 
 import safeload  # noqa: E402
 import safeload.reference  # noqa: E402
+from safeload import _C  # noqa: E402
 from helpers import assert_same, raw_bytes  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux: FIFOs, /proc, LD_PRELOAD")
@@ -79,17 +80,13 @@ def assert_invalid_argument(fn, option: str, value) -> None:
     assert str(value) in str(e.value), (option, value, str(e.value))
 
 
-# Every route a load can take, for the option checks.
-ROUTES = {
-    "auto": {},
-    "cached": {"io": "cached"},
-    "uncached": {"io": "uncached"},
-    "staged": {"staged": True},
-}
+# The default, and every route of the fast loader as the core enumerates it
+# (the reference loader takes no options), for the option checks.
+ROUTES = {"auto": {}, **{name: options for name, options in _C.read_routes() if options is not None}}
 
 
 # ---------------------------------------------------------------------------
-# Item 1: a reader thread that cannot be started aborted the process.
+# A reader thread that cannot be started: an error, not an abort.
 
 @pytest.fixture(scope="module")
 def thread_start_failures(shim, model):
@@ -109,7 +106,7 @@ def thread_start_failures(shim, model):
 
 @pytest.mark.parametrize("staged", [False, True])
 @pytest.mark.parametrize("started", [0, 1, 3])
-def test_item1_reader_thread_start_failure_does_not_abort(thread_start_failures, model, staged, started):
+def test_reader_thread_start_failure_does_not_abort(thread_start_failures, model, staged, started):
     """pthread_create fails (EAGAIN) after `started` threads: the load goes on
     with the threads it got, at least the calling one, and returns exactly
     upstream's tensors; no thread is left behind; the process lives."""
@@ -125,7 +122,7 @@ def test_item1_reader_thread_start_failure_does_not_abort(thread_start_failures,
 
 @pytest.mark.parametrize("threads", [257, 2000, 10**6, 2**63, 2**64 + 1])
 @pytest.mark.parametrize("route", list(ROUTES))
-def test_item1_threads_above_the_cap_rejected(model, threads, route):
+def test_threads_above_the_cap_rejected(model, threads, route):
     """The issue's reproduction asked for 2000 threads: more than 256 is an
     INVALID_ARGUMENT before any thread starts."""
     path, _ = model
@@ -133,36 +130,36 @@ def test_item1_threads_above_the_cap_rejected(model, threads, route):
 
 
 @pytest.mark.parametrize("threads", [None, 0, 1, 256])
-def test_item1_threads_within_bounds_load(model, threads):
+def test_threads_within_bounds_load(model, threads):
     path, want = model
     for kw in ROUTES.values():
         assert_same(safeload.load_file(path, threads=threads, chunk_bytes=65536, **kw), want)
 
 
 # ---------------------------------------------------------------------------
-# Item 2: slot_bytes * threads wrapped for chunk_bytes >= 2**62.
+# slot_bytes * threads must not wrap (chunk_bytes >= 2**62).
 
 BAD_CHUNKS = [2**62, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**100, GiB + 1, 65535, 4096, 1, -1, -(2**63)]
 
 
 @pytest.mark.parametrize("chunk_bytes", BAD_CHUNKS)
 @pytest.mark.parametrize("route", list(ROUTES))
-def test_item2_chunk_bytes_overflow_rejected(model, chunk_bytes, route):
+def test_chunk_bytes_overflow_rejected(model, chunk_bytes, route):
     path, _ = model
     assert_invalid_argument(lambda: safeload.load_file(path, chunk_bytes=chunk_bytes, **ROUTES[route]),
                             "chunk_bytes", chunk_bytes)
 
 
 @pytest.mark.parametrize("chunk_bytes, staging_bytes", [(None, None), (0, None), (64 * KiB, MiB), (GiB, GiB)])
-def test_item2_chunk_bytes_bounds_load(model, chunk_bytes, staging_bytes):
+def test_chunk_bytes_bounds_load(model, chunk_bytes, staging_bytes):
     path, want = model
     kw = {} if staging_bytes is None else {"staging_bytes": staging_bytes}
-    for route in ("cached", "uncached", "staged"):
-        assert_same(safeload.load_file(path, chunk_bytes=chunk_bytes, **kw, **ROUTES[route]), want)
+    for route in ROUTES.values():
+        assert_same(safeload.load_file(path, chunk_bytes=chunk_bytes, **kw, **route), want)
 
 
 # ---------------------------------------------------------------------------
-# Item 3: memory sized by arguments (chunk_bytes=1, threads=10**6 on a cold file).
+# Memory sized by arguments stays bounded (chunk_bytes=1, threads=10**6 on a cold file).
 
 MEMORY_CHILD = r"""
 import ctypes, json, os, sys
@@ -196,7 +193,7 @@ print("JSON " + json.dumps(out))
 """
 
 
-def test_item3_memory_not_sized_by_arguments(tmp_path):
+def test_memory_not_sized_by_arguments(tmp_path):
     """Peak RSS added by a cold load is at most the tensors + staging_bytes +
     the read plan (+ a fixed allowance), whatever threads and chunk_bytes say."""
     if not os.path.exists("/proc/self/clear_refs"):
@@ -205,7 +202,7 @@ def test_item3_memory_not_sized_by_arguments(tmp_path):
     upstream.save_file({f"w{i}": torch.randn(262_144 + i) for i in range(10)}, path)  # 10 MiB
     size = os.path.getsize(path)
     cases = []
-    for route in ({}, {"io": "uncached"}, {"staged": True}, {"staged": True, "io": "uncached"}):
+    for route in ROUTES.values():
         for extra in ({"threads": 256, "chunk_bytes": 64 * KiB, "staging_bytes": MiB},
                       {"threads": 256, "staging_bytes": 4 * MiB},
                       {"threads": 256, "chunk_bytes": 4 * MiB, "staging_bytes": 4 * MiB}):
@@ -222,7 +219,7 @@ def test_item3_memory_not_sized_by_arguments(tmp_path):
 
 @pytest.mark.parametrize("kw", [{"chunk_bytes": 1}, {"threads": 10**6}, {"chunk_bytes": 1, "staged": True},
                                 {"threads": 10**6, "io": "uncached"}])
-def test_item3_arguments_that_sized_memory_rejected(model, kw):
+def test_arguments_that_sized_memory_rejected(model, kw):
     """The issue's two reproductions are now argument errors, before any allocation."""
     path, _ = model
     ((option, value),) = [(k, v) for k, v in kw.items() if k in ("chunk_bytes", "threads")]
@@ -230,7 +227,7 @@ def test_item3_arguments_that_sized_memory_rejected(model, kw):
 
 
 # ---------------------------------------------------------------------------
-# Item 4: a FIFO blocked open() forever.
+# A FIFO must not block open().
 
 SPECIAL_CHILD = r"""
 import faulthandler, json, os, socket, sys
@@ -285,7 +282,7 @@ def special_results(special_files):
 
 
 @pytest.mark.parametrize("entry", SPECIAL_ENTRIES)
-def test_item4_fifo_rejected_without_blocking(special_results, special_files, entry):
+def test_fifo_rejected_without_blocking(special_results, special_files, entry):
     """A FIFO (no writer: open() would block), a socket and a character device
     are OSError EINVAL naming the path and what it is, at once; a directory is
     IsADirectoryError. Run in a child so a regression hangs nothing."""
@@ -303,7 +300,7 @@ def test_item4_fifo_rejected_without_blocking(special_results, special_files, en
         assert "IsADirectoryError" in r["mro"], r
 
 
-def test_item4_fifo_rejected_by_inspect_cli(special_files):
+def test_fifo_rejected_by_inspect_cli(special_files):
     """``safeload inspect FIFO``: a one-line error and exit status 1, no
     traceback, no hang."""
     try:
@@ -317,7 +314,7 @@ def test_item4_fifo_rejected_by_inspect_cli(special_files):
 
 
 # ---------------------------------------------------------------------------
-# Item 5: Ctrl-C was noticed only when the load returned.
+# Ctrl-C is noticed while the load runs, not when it returns.
 #
 # What is checked is what a user sees, without a clock: the load that was
 # running when SIGINT arrived stopped before it had read its bytes (its
@@ -477,14 +474,14 @@ def test_sigint_stops_a_long_page_cache_load(shim, tmp_path, model, ignored):
     check_interrupted(report, sent, GiB)
 
 
-@pytest.mark.parametrize("route", ["cached", "uncached", "staged", "auto"])
+@pytest.mark.parametrize("route", list(ROUTES))
 def test_sigint_stops_slow_reads_on_every_route(shim, tmp_path, model, route):
     """Every read takes 50 ms (the shim's delay, as a slow disk), so a 64 MiB
     load takes over a second: SIGINT stops it part-way on every route."""
     path = str(tmp_path / "slow.safetensors")
     upstream.save_file({f"w{i}": torch.zeros(1 << 20) for i in range(16)}, path)  # 64 MiB
     kw = {"chunk_bytes": MiB, "threads": 2, **ROUTES[route]}
-    if route == "staged":
+    if kw.get("staged"):
         kw["staging_bytes"] = 4 * MiB
     fault = f"kind=delay,fn=pread+preadv+read,nth=1,count=-1,filter={path},arg=50000"
     report, sent = interrupt_child(path, model[0], kw, shim=shim, fault=fault)
@@ -504,9 +501,9 @@ def test_sigint_stops_a_prefetch(shim, tmp_path, model):
 
 
 # ---------------------------------------------------------------------------
-# Item 6: wrong exception types.
+# Exception types.
 
-def test_item6_zero_size_tensor_with_huge_dims_loads_like_upstream(tmp_path):
+def test_zero_size_tensor_with_huge_dims_loads_like_upstream(tmp_path):
     """[0, 2**62, 2**62] F32 has zero bytes: upstream loads it; so does safeload
     (not torch's 'Stride calculation overflowed')."""
     path = write_header_only(tmp_path / "z.safetensors", {
@@ -526,7 +523,7 @@ def test_item6_zero_size_tensor_with_huge_dims_loads_like_upstream(tmp_path):
 
 @pytest.mark.parametrize("device", ["meta", torch.device("meta")])
 @pytest.mark.parametrize("loader", ["fast", "reference"])
-def test_item6_meta_device_rejected(model, device, loader):
+def test_meta_device_rejected(model, device, loader):
     """Upstream rejects device="meta"; safeload did with a bare RuntimeError
     (fast) or returned meta tensors (reference)."""
     load = safeload.load_file if loader == "fast" else safeload.reference.load_file
@@ -535,7 +532,7 @@ def test_item6_meta_device_rejected(model, device, loader):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch cannot use CUDA")
 @pytest.mark.parametrize("loader", ["fast", "reference"])
-def test_item6_unusable_device_rejected(model, loader):
+def test_unusable_device_rejected(model, loader):
     load = safeload.load_file if loader == "fast" else safeload.reference.load_file
     assert_invalid_argument(lambda: load(model[0], "cuda"), "device", "cuda")
 
@@ -576,7 +573,7 @@ def allocation_results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("entry", ["fast", "staged", "reference"])
-def test_item6_allocation_failure_is_memory_error(allocation_results, entry):
+def test_allocation_failure_is_memory_error(allocation_results, entry):
     """A 64 GiB tensor (a sparse file) that cannot be allocated: MemoryError
     naming the tensor, not torch's RuntimeError."""
     out = allocation_results[entry]
@@ -589,7 +586,7 @@ NON_UTF8 = b"\xff\xfe-caf\xe9"
 
 
 @pytest.mark.parametrize("entry", ["fast", "reference", "read_header"])
-def test_item6_non_utf8_bytes_path_errors_name_the_path(tmp_path, entry):
+def test_non_utf8_bytes_path_errors_name_the_path(tmp_path, entry):
     """A bytes path that is not UTF-8: a missing file is FileNotFoundError and a
     malformed one SafetensorError, each naming the path as os.fsdecode does
     (not UnicodeDecodeError)."""
@@ -609,7 +606,7 @@ def test_item6_non_utf8_bytes_path_errors_name_the_path(tmp_path, entry):
 
 
 @pytest.mark.parametrize("entry", ["fast", "staged", "reference", "read_header"])
-def test_item6_surrogate_escaped_str_path_loads(tmp_path, model, entry):
+def test_surrogate_escaped_str_path_loads(tmp_path, model, entry):
     """A str path with surrogate escapes (what os.listdir returns for a
     non-UTF-8 name) loads the file it names."""
     target = os.fsencode(str(tmp_path)) + b"/" + NON_UTF8 + b".safetensors"
@@ -626,7 +623,7 @@ def test_item6_surrogate_escaped_str_path_loads(tmp_path, model, entry):
         assert_same(safeload.load_file(path, staged=entry == "staged"), model[1])
 
 
-def test_item6_inspect_cli_on_non_utf8_name(tmp_path, model):
+def test_inspect_cli_on_non_utf8_name(tmp_path, model):
     """``safeload inspect`` on a file whose name is not UTF-8: the table (or a
     one-line error for a malformed file), never a traceback."""
     good = os.fsencode(str(tmp_path)) + b"/" + NON_UTF8 + b".safetensors"
@@ -646,7 +643,7 @@ def test_item6_inspect_cli_on_non_utf8_name(tmp_path, model):
 
 @pytest.mark.parametrize("staging_bytes", [-1, 0, -(2**63), 2**64, 2**100])
 @pytest.mark.parametrize("staged", [False, True])
-def test_item6_bad_staging_bytes_is_invalid_argument(model, staging_bytes, staged):
+def test_bad_staging_bytes_is_invalid_argument(model, staging_bytes, staged):
     """staging_bytes=-1 was pybind's TypeError where threads=-1 was INVALID_ARGUMENT."""
     assert_invalid_argument(lambda: safeload.load_file(model[0], staging_bytes=staging_bytes, staged=staged),
                             "staging_bytes", staging_bytes)
@@ -654,23 +651,23 @@ def test_item6_bad_staging_bytes_is_invalid_argument(model, staging_bytes, stage
 
 @pytest.mark.parametrize("option", ["threads", "chunk_bytes"])
 @pytest.mark.parametrize("value", [-1, -(2**63), -(2**64)])
-def test_item6_negative_counts_are_invalid_argument(model, option, value):
+def test_negative_counts_are_invalid_argument(model, option, value):
     assert_invalid_argument(lambda: safeload.load_file(model[0], **{option: value}), option, value)
 
 
 @pytest.mark.parametrize("option", ["threads", "chunk_bytes", "staging_bytes"])
 @pytest.mark.parametrize("value", ["4", 2.5, 4.0, b"4", [4]])
-def test_item6_non_integer_options_are_type_errors(model, option, value):
+def test_non_integer_options_are_type_errors(model, option, value):
     with pytest.raises(TypeError):
         safeload.load_file(model[0], **{option: value})
 
 
 # ---------------------------------------------------------------------------
-# Item 7: arguments silently misread.
+# Arguments are never silently misread.
 
 @pytest.mark.parametrize("entry", ["fast", "staged", "reference", "read_header"])
 @pytest.mark.parametrize("kind", ["str", "bytes"])
-def test_item7_embedded_nul_in_path_raises_value_error(tmp_path, model, entry, kind):
+def test_embedded_nul_in_path_raises_value_error(tmp_path, model, entry, kind):
     """'a.safetensors\\0junk' loaded a.safetensors; Python's open() raises
     ValueError, and so does safeload."""
     prefix = str(tmp_path / "a.safetensors")
@@ -687,34 +684,34 @@ def test_item7_embedded_nul_in_path_raises_value_error(tmp_path, model, entry, k
 
 @pytest.mark.parametrize("staging_bytes", [1, 65536, MiB - 1, TiB + 1])
 @pytest.mark.parametrize("route", list(ROUTES))
-def test_item7_staging_bytes_checked_on_every_route(model, staging_bytes, route):
+def test_staging_bytes_checked_on_every_route(model, staging_bytes, route):
     """staging_bytes was checked only when staged; now on every route."""
     assert_invalid_argument(lambda: safeload.load_file(model[0], staging_bytes=staging_bytes, **ROUTES[route]),
                             "staging_bytes", staging_bytes)
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
-def test_item7_staging_smaller_than_a_chunk_rejected(model, route):
+def test_staging_smaller_than_a_chunk_rejected(model, route):
     assert_invalid_argument(lambda: safeload.load_file(model[0], chunk_bytes=4 * MiB, staging_bytes=2 * MiB,
                                                        **ROUTES[route]), "staging_bytes", 2 * MiB)
 
 
 @pytest.mark.parametrize("staging_bytes", [MiB, 4 * MiB, TiB])
-def test_item7_staging_bytes_bounds_load(model, staging_bytes):
+def test_staging_bytes_bounds_load(model, staging_bytes):
     for route in ROUTES.values():
         assert_same(safeload.load_file(model[0], staging_bytes=staging_bytes, chunk_bytes=64 * KiB, **route), model[1])
 
 
 @pytest.mark.parametrize("device", ["cpu:1", "cpu:7", torch.device("cpu", 1)])
 @pytest.mark.parametrize("loader", ["fast", "reference"])
-def test_item7_cpu_index_other_than_zero_rejected(model, device, loader):
+def test_cpu_index_other_than_zero_rejected(model, device, loader):
     load = safeload.load_file if loader == "fast" else safeload.reference.load_file
     assert_invalid_argument(lambda: load(model[0], device), "device", str(device))
 
 
 @pytest.mark.parametrize("device", ["cpu", "cpu:0", torch.device("cpu"), torch.device("cpu", 0)])
 @pytest.mark.parametrize("loader", ["fast", "reference"])
-def test_item7_cpu_devices_accepted(model, device, loader):
+def test_cpu_devices_accepted(model, device, loader):
     load = safeload.load_file if loader == "fast" else safeload.reference.load_file
     got = load(model[0], device)
     assert_same(got, model[1])

@@ -125,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="multi-rank mode: N processes load the checkpoint with safeload.distributed "
                         "(each reads a share, then they exchange) against every rank reading everything; "
                         "storage bytes per rank and time to the last rank (gloo on cpu, NCCL on cuda)")
+    p.add_argument("--safe-open", action="store_true",
+                   help="safe_open callers instead: one tensor, a quarter of a matrix's rows or columns, "
+                        "every tensor; bytes read from storage and time, against upstream's safe_open "
+                        "(first file only)")
     return p
 
 
@@ -182,6 +186,13 @@ def main(argv: list[str]) -> int:
         paths = [os.path.abspath(written)]
         if progress_on:
             sys.stderr.write("\r" + " " * 118 + "\r")
+
+    if args.safe_open:
+        from safeload.bench import partial
+
+        return partial.main(paths[0], conditions=args.condition or list(runner.CONDITIONS), rounds=args.rounds,
+                            settle=args.settle, timeout=args.timeout, interpreters=interpreters,
+                            json_out=args.json, on_run=Progress(progress_on))
 
     if args.ranks is not None:
         if args.ranks < 1:

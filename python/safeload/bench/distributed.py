@@ -1,11 +1,16 @@
 """``safeload bench --ranks N``: loading one checkpoint on N ranks.
 
-Two strategies, each in its own group of N processes (gloo on the CPU, or
+Three strategies, each in its own group of N processes (gloo on the CPU, or
 NCCL with one GPU per rank for ``--device cuda``):
 
 - ``split``: ``safeload.distributed.load_checkpoint`` (each rank reads
   about 1/N of the bytes, then the ranks exchange them);
-- ``every rank reads all``: each rank calls ``safeload.load_checkpoint``.
+- ``every rank reads all``: each rank calls ``safeload.load_checkpoint``;
+- ``tensor parallel``: ``safeload.distributed.load_checkpoint(mode="shard")``
+  with Megatron's layout: every matrix cut in N along its output dimension
+  (rows), output projections (``o_proj``, ``down_proj``, ``out_proj``,
+  ``dense``, ``c_proj``) along their input dimension (columns), vectors
+  replicated; each rank reads its own slices and nothing is exchanged.
 
 Per round the ranks start together (after a barrier, with the file evicted
 from the page cache for a cold round); the time is from that start to the
@@ -24,7 +29,22 @@ import tempfile
 import time
 from typing import List, Optional
 
-STRATEGIES = ("split", "every rank reads all")
+STRATEGIES = ("split", "every rank reads all", "tensor parallel")
+#: Matrices that a tensor-parallel layout cuts along their input dimension.
+_ROW_PARALLEL = ("o_proj", "down_proj", "out_proj", "dense", "c_proj")
+
+
+def tensor_parallel_shards(paths: List[str]) -> dict:
+    """Megatron's layout for every matrix of the checkpoint: ``{name: split(dim)}``."""
+    import safeload
+    from safeload.distributed import split
+
+    shards = {}
+    for p in paths:
+        for name, _dtype, shape, _b, _e in safeload.read_header(p)["tensors"]:
+            if len(shape) >= 2:
+                shards[name] = split(1 if any(part in name.split(".") for part in _ROW_PARALLEL) else 0)
+    return shards
 _PROBE_BYTES = 64 << 20
 
 
@@ -52,6 +72,7 @@ def _rank_main(rank: int, ranks: int, port: int, paths: List[str], strategy: str
     src = paths if len(paths) > 1 else paths[0]
     rows = []
     broadcast_s = None
+    shards = tensor_parallel_shards(paths) if strategy == "tensor parallel" else None
     try:
         # The group's broadcast bandwidth, each rank the source in turn.
         buf = torch.empty(_PROBE_BYTES, dtype=torch.uint8, device=dev)
@@ -73,6 +94,10 @@ def _rank_main(rank: int, ranks: int, port: int, paths: List[str], strategy: str
                 report: dict = {}
                 if strategy == "split":
                     tensors = safeload.distributed.load_checkpoint(src, dev, report=report)
+                    read = report["bytes_read"]
+                elif strategy == "tensor parallel":
+                    tensors = safeload.distributed.load_checkpoint(src, dev, mode="shard", shards=shards,
+                                                                   report=report)
                     read = report["bytes_read"]
                 else:
                     tensors = safeload._loading.load(src, dev, report=report)

@@ -1,14 +1,17 @@
 """Time to a usable model: the same checkpoint as 1, 4 and 16 shards, loaded every way.
 
-    python -m safeload.bench.models [--shards 1,4,16] [--rounds 5] [--condition warm|cold]
-                                    [--device cpu|cuda] [--ways KEY,...] [--dir DIR] [--json OUT] [--list]
+    python -m safeload.bench.models [--model llama|diffusers] [--shards 1,4,16] [--rounds 5]
+                                    [--condition warm|cold] [--device cpu|cuda] [--ways KEY,...]
+                                    [--dir DIR] [--json OUT] [--list]
 
-The checkpoint. One Llama-style model in bf16 (hidden 1024, 8 layers, vocab 32,000 unless
---hidden, --layers, --vocab say otherwise), generated once from a fixed seed, is written as
-exactly N shards for each N in --shards, each in DIR/shards-N/ with a config.json:
-model.safetensors for one shard; model-0000k-of-0000N.safetensors and
-model.safetensors.index.json (transformers' names and index: metadata.total_size, weight_map)
-for more. The tensors, in state-dict order, are split into N contiguous groups of nearly equal
+The checkpoint. With --model llama (the default), one Llama-style model in bf16 (hidden 1024,
+8 layers, vocab 32,000 unless --hidden, --layers, --vocab say otherwise); with --model
+diffusers, an SD3-style SD3Transformer2DModel in bf16 (hidden 1024, 4 layers). It is generated
+once from a fixed seed and written as exactly N shards for each N in --shards, each in
+DIR/shards-N/ with its config.json, under its library's names: model.safetensors (or
+diffusion_pytorch_model.safetensors) for one shard; model-0000k-of-0000N.safetensors and
+model.safetensors.index.json (metadata.total_size, weight_map), or diffusers' equivalents, for
+more. The tensors, in state-dict order, are split into N contiguous groups of nearly equal
 bytes, so every shard count holds the same bytes. The writer records a SHA-256 digest of every
 tensor it wrote in DIR/shards-N/written.json, written last; a directory appears under its final
 name only once complete (it is written under another name, then renamed), and a rerun reuses
@@ -18,9 +21,10 @@ The ways (--list shows each with whether it can run here, and why not):
 - every state-dict loader of ``safeload bench`` that can run on --device (default cpu), given
   the list of shard files (each loads shard by shard, or takes the list in one call as
   load_checkpoint does);
-- ``transformers``: ``AutoModelForCausalLM.from_pretrained(DIR/shards-N, dtype=bfloat16)``,
-  with ``device_map=DEVICE`` for a device other than the CPU;
-- ``transformers-patched``: the same under ``safeload.patch()``.
+- ``transformers`` (llama): ``AutoModelForCausalLM.from_pretrained(DIR/shards-N, dtype=bfloat16)``,
+  with ``device_map=DEVICE`` for a device other than the CPU; ``diffusers`` (diffusers):
+  ``SD3Transformer2DModel.from_pretrained(DIR/shards-N, torch_dtype=bfloat16)``;
+- ``transformers-patched``, ``diffusers-patched``: the same under ``safeload.patch()``.
 
 Timed, in a fresh process per run, after imports and a settle wait: a state-dict way from the
 loader call until every byte of every tensor has been read once (mapped tensors pay for their
@@ -38,8 +42,8 @@ mincore says they are not all resident. Cold: the run's process evicts them (pos
 DONTNEED) before its settle wait. Each run records the resident fraction it found.
 
 Output: one table per condition and shard count: median seconds (min-max), GB/s of tensor bytes
-(the same bytes at every shard count), and each way's median time over
-safeload.load_checkpoint's; --json writes every run.
+(the same bytes at every shard count), each way's median time over
+safeload.load_checkpoint's, and a patched way's median time over its shipped way's; --json writes every run.
 """
 from __future__ import annotations
 
@@ -53,14 +57,24 @@ import shutil
 import sys
 import time
 
+#: The from_pretrained ways of each model family: key -> (label, the family's library).
 MODEL_WAYS = {
     "transformers": "transformers from_pretrained(dir)",
-    "transformers-patched": "from_pretrained under safeload.patch()",
+    "transformers-patched": "transformers under safeload.patch()",
+    "diffusers": "diffusers from_pretrained(dir)",
+    "diffusers-patched": "diffusers under safeload.patch()",
 }
+FAMILIES = ("llama", "diffusers")
+_FAMILY_LIBRARY = {"llama": "transformers", "diffusers": "diffusers"}
 BASELINE = "safeload-checkpoint"
 WRITTEN = "written.json"
 INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
+#: Each family's file names, as its library writes them: (one file, index, shard prefix).
+_NAMES = {
+    "llama": ("model.safetensors", INDEX, "model"),
+    "diffusers": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+                  "diffusion_pytorch_model"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +83,13 @@ class ModelSpec:
     layers: int = 8
     vocab: int = 32000
     seed: int = 0
+    #: "llama" (transformers' LlamaForCausalLM) or "diffusers" (an SD3-style
+    #: SD3Transformer2DModel: hidden, layers; vocab unused).
+    family: str = "llama"
 
     def describe(self) -> str:
+        if self.family == "diffusers":
+            return f"SD3-style diffusers transformer, bf16, hidden {self.hidden}, {self.layers} layers"
         return f"Llama-style, bf16, hidden {self.hidden}, {self.layers} layers, vocab {self.vocab:,}"
 
 
@@ -78,8 +97,21 @@ class ModelSpec:
 
 
 def build_model(spec: ModelSpec):
-    """(config, state dict) of the seeded model: the same bytes every time it is built."""
+    """(config, state dict) of the seeded model: the same bytes every time it is built. The
+    config is what ``save_pretrained(directory)`` writes config.json from."""
     import torch
+
+    if spec.family == "diffusers":
+        import diffusers
+
+        torch.manual_seed(spec.seed)
+        heads = max(1, spec.hidden // 64)
+        model = diffusers.SD3Transformer2DModel(
+            sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=spec.layers,
+            attention_head_dim=64, num_attention_heads=heads, joint_attention_dim=spec.hidden,
+            caption_projection_dim=heads * 64, pooled_projection_dim=768, pos_embed_max_size=96)
+        model = model.to(torch.bfloat16)
+        return _SaveConfig(model), {k: t.detach().contiguous() for k, t in model.state_dict().items()}
     import transformers
 
     config = transformers.LlamaConfig(
@@ -97,6 +129,16 @@ def build_model(spec: ModelSpec):
         storages[(t.data_ptr(), t.dtype, tuple(t.shape))] = name
         state[name] = t.detach().contiguous()
     return config, state
+
+
+class _SaveConfig:
+    """A diffusers model's config, written as its from_pretrained reads it."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def save_pretrained(self, directory: str) -> None:
+        self.model.save_config(directory)
 
 
 def digest(t) -> str:
@@ -144,12 +186,17 @@ def _model_digest(tensors: dict) -> str:
     return hashlib.sha256(json.dumps(tensors, sort_keys=True).encode()).hexdigest()
 
 
-def shard_names(n: int) -> list[str]:
-    return [SINGLE] if n == 1 else [f"model-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
+def shard_names(n: int, family: str = "llama") -> list[str]:
+    single, _, prefix = _NAMES[family]
+    return [single] if n == 1 else [f"{prefix}-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
 
 
 def shard_dir(root: str, n: int) -> str:
     return os.path.join(root, f"shards-{n}")
+
+
+def default_dir(family: str) -> str:
+    return os.path.join("bench", "out", "llama-shards" if family == "llama" else f"{family}-shards")
 
 
 def _fsync(path: str) -> None:
@@ -183,7 +230,7 @@ def write_checkpoint(root: str, n: int, spec: ModelSpec, config, state: dict, te
     config.save_pretrained(partial)
     names = list(state)
     groups = split([tensors[k]["nbytes"] for k in names], n)
-    files = shard_names(n)
+    files = shard_names(n, spec.family)
     weight_map = {}
     for fname, (a, b) in zip(files, groups):
         path = os.path.join(partial, fname)
@@ -192,7 +239,7 @@ def write_checkpoint(root: str, n: int, spec: ModelSpec, config, state: dict, te
         weight_map.update({k: fname for k in names[a:b]})
     total_size = sum(t["nbytes"] for t in tensors.values())
     if n > 1:
-        _write_json(os.path.join(partial, INDEX), {
+        _write_json(os.path.join(partial, _NAMES[spec.family][1]), {
             "metadata": {"total_parameters": sum(t.numel() for t in state.values()), "total_size": total_size},
             "weight_map": weight_map,
         })
@@ -220,7 +267,7 @@ def read_checkpoint(root: str, n: int, spec: ModelSpec) -> dict | None:
             record = json.load(f)
         if record.get("spec") != dataclasses.asdict(spec) or record.get("shards") != n:
             return None
-        if list(record["files"]) != shard_names(n) or not os.path.isfile(os.path.join(d, "config.json")):
+        if list(record["files"]) != shard_names(n, spec.family) or not os.path.isfile(os.path.join(d, "config.json")):
             return None
         if record["digest"] != _model_digest(record["tensors"]):
             return None
@@ -228,7 +275,7 @@ def read_checkpoint(root: str, n: int, spec: ModelSpec) -> dict | None:
             if os.path.getsize(os.path.join(d, fname)) != size:
                 return None
         if n > 1:
-            with open(os.path.join(d, INDEX), encoding="utf-8") as f:
+            with open(os.path.join(d, _NAMES[spec.family][1]), encoding="utf-8") as f:
                 index = json.load(f)
             if (index.get("weight_map") != record["weight_map"]
                     or index.get("metadata", {}).get("total_size") != record["total_size"]):
@@ -270,16 +317,16 @@ def shard_paths(root: str, record: dict) -> list[str]:
 # The ways ------------------------------------------------------------------------------------
 
 
-def ways(device: str = "cpu") -> list[tuple[str, str, str | None]]:
-    """Every way: (key, label, None if it can run on ``device`` here, else why not)."""
+def ways(device: str = "cpu", family: str = "llama") -> list[tuple[str, str, str | None]]:
+    """Every way for a checkpoint of ``family``: (key, label, None if it can run on ``device``
+    here, else why not)."""
     from safeload.bench.loaders import LOADERS
 
     out = [(loader.key, loader.label, loader.unavailable(device)) for loader in LOADERS]
-    if importlib.util.find_spec("transformers") is None:
-        missing = "not installed (pip install transformers)"
-        out += [(k, label, missing) for k, label in MODEL_WAYS.items()]
-    else:
-        out += [(k, label, None) for k, label in MODEL_WAYS.items()]
+    library = _FAMILY_LIBRARY[family]
+    missing = (f"not installed (pip install {library})"
+               if importlib.util.find_spec(library) is None else None)
+    out += [(k, label, missing) for k, label in MODEL_WAYS.items() if k.split("-")[0] == library]
     return out
 
 
@@ -311,24 +358,34 @@ def check_model_run(result: dict, written: dict) -> dict:
     if mismatch:
         result["wrong_bytes"] = True
         result["mismatch"] = mismatch[:5] + ([f"... {len(mismatch) - 5} more"] if len(mismatch) > 5 else [])
-    elif result.get("key") == "transformers-patched" and not result.get("patch_calls", {}).get("tensors"):
-        result["error"] = f"safeload.patch() served no tensor (calls: {result.get('patch_calls')})"
+    elif str(result.get("key")).endswith("-patched") and not any(
+            result.get("patch_calls", {}).get(k) for k in ("tensors", "mapped")):
+        # Served means read by safeload, or handed to upstream's mapping by its policy.
+        result["error"] = f"safeload.patch() served no file (calls: {result.get('patch_calls')})"
     return result
 
 
 def _run_model(spec: dict) -> dict:
     """In this (fresh) process: from_pretrained one way, timed as the docstring says."""
     import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.models.llama import modeling_llama  # noqa: F401  the model's code, imported before the clock
 
     from safeload.bench import cache, worker
     from safeload.bench.loaders import touch
 
     directory, key = spec["dir"], spec["key"]
     device = spec.get("device", "cpu")
-    kwargs = {"dtype": torch.bfloat16} if device == "cpu" else {"dtype": torch.bfloat16, "device_map": device}
-    patched = key == "transformers-patched"
+    if key.startswith("diffusers"):
+        from diffusers import SD3Transformer2DModel as Model  # the model's code, imported before the clock
+
+        kwargs = {"torch_dtype": torch.bfloat16}
+    else:
+        from transformers import AutoModelForCausalLM as Model
+        from transformers.models.llama import modeling_llama  # noqa: F401  imported before the clock
+
+        kwargs = {"dtype": torch.bfloat16}
+    if device != "cpu":
+        kwargs["device_map"] = device
+    patched = key.endswith("-patched")
     if patched:
         import safeload
     if spec.get("condition") == "cold":
@@ -344,10 +401,10 @@ def _run_model(spec: dict) -> dict:
     t0 = time.perf_counter()
     if patched:
         with safeload.patch() as p:
-            model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+            model = Model.from_pretrained(directory, **kwargs)
         result["patch_calls"] = p.calls
     else:
-        model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+        model = Model.from_pretrained(directory, **kwargs)
     t1 = time.perf_counter()
     state = model.state_dict()
     checksum = touch(dict(state))
@@ -386,7 +443,8 @@ def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: lis
     from safeload.bench import cache, runner
     from safeload.bench.loaders import file_checksum
 
-    status = {k: (label, why) for k, label, why in ways(device)}
+    family = next(iter(records.values()))["spec"].get("family", "llama")
+    status = {k: (label, why) for k, label, why in ways(device, family)}
     counts = list(records)
     paths = {n: shard_paths(root, records[n]) for n in counts}
     expected = {n: file_checksum(paths[n]) for n in counts}
@@ -433,9 +491,13 @@ def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: lis
             if wrong:
                 row["mismatch"] = wrong
         base = next((x for x in rows if x["key"] == BASELINE and "seconds_median" in x), None)
+        by_key = {x["key"]: x for x in rows}
         for x in rows:
             if base and "seconds_median" in x:
                 x["time_over_load_checkpoint"] = x["seconds_median"] / base["seconds_median"]
+            shipped = by_key.get(x["key"].removesuffix("-patched")) if x["key"].endswith("-patched") else None
+            if shipped and "seconds_median" in x and "seconds_median" in shipped:
+                x["time_over_shipped"] = x["seconds_median"] / shipped["seconds_median"]
         results.append({"condition": condition, "shards": n, "rows": rows,
                         "runs": {e.key: e.runs for e in es if e.runs}})
     first = records[counts[0]]
@@ -446,7 +508,8 @@ def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: lis
         "device": device,
         "other_load_cores": runner._other_load(cpu_before, runner._cpu_seconds(), time.time() - started),
         "machine": runner.machine(),
-        "packages": {**runner.package_versions(), "transformers": _version("transformers")},
+        "packages": {**runner.package_versions(), "transformers": _version("transformers"),
+                     "diffusers": _version("diffusers")},
         "model": {**first["spec"], "tensors": len(first["tensors"]), "tensor_bytes": first["total_size"],
                   "digest": first["digest"]},
         "checkpoints": {str(n): {"dir": os.path.dirname(paths[n][0]),
@@ -482,8 +545,8 @@ def _version(dist: str) -> str | None:
 
 def table(doc: dict) -> str:
     m = doc["model"]
-    lines = [f"{m['tensors']} tensors, {m['tensor_bytes'] / 2**20:.1f} MiB "
-             f"(Llama-style, bf16, hidden {m['hidden']}, {m['layers']} layers, vocab {m['vocab']:,}); "
+    spec = ModelSpec(**{f.name: m[f.name] for f in dataclasses.fields(ModelSpec) if f.name in m})
+    lines = [f"{m['tensors']} tensors, {m['tensor_bytes'] / 2**20:.1f} MiB ({spec.describe()}); "
              f"{doc['rounds']} interleaved rounds, a fresh process per run, device {doc.get('device', 'cpu')}; "
              "median s (min-max)"]
     other = doc.get("other_load_cores")
@@ -494,13 +557,16 @@ def table(doc: dict) -> str:
         files = doc["checkpoints"][str(n)]["files"]
         lines.append(f"\npage cache {block['condition']}, {n} shard{'s' if n > 1 else ''} "
                      f"({sum(f['bytes'] for f in files) / 2**20:.1f} MiB in files)")
-        lines.append(f"  {'way':<42} {'median s (min-max)':>23} {'GB/s':>6}  time / load_checkpoint's")
+        lines.append(f"  {'way':<42} {'median s (min-max)':>23} {'GB/s':>6}  time / load_checkpoint's"
+                     "  patched / shipped")
         for row in block["rows"]:
             if "seconds_median" in row:
                 ratio = row.get("time_over_load_checkpoint")
+                shipped = row.get("time_over_shipped")
                 spread = f"{row['seconds_median']:.3f} ({row['seconds_min']:.3f}-{row['seconds_max']:.3f})"
                 lines.append(f"  {row['label']:<42} {spread:>23} {row['gbps_median']:6.2f}  "
-                             f"{'' if ratio is None else f'{ratio:5.2f}x'}")
+                             f"{'' if ratio is None else f'{ratio:5.2f}x':>24}"
+                             f"{'' if shipped is None else f'{shipped:19.2f}'}")
             else:
                 lines.append(f"  {row['label']:<42} {row['status']}")
                 for why in row.get("mismatch", []):
@@ -529,10 +595,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ways", help="comma-separated way keys to run (default: all; see --list)")
     p.add_argument("--device", default="cpu", help="where the tensors and the model go (default cpu)")
     p.add_argument("--list", action="store_true", help="list the ways and whether each can run, then exit")
-    p.add_argument("--dir", default=os.path.join("bench", "out", "llama-shards"),
-                   help="where the checkpoints are written once and reused (default bench/out/llama-shards)")
+    p.add_argument("--model", choices=FAMILIES, default="llama",
+                   help="the checkpoint: llama (transformers' from_pretrained) or diffusers (an SD3-style "
+                        "transformer through diffusers' from_pretrained) (default llama)")
+    p.add_argument("--dir", default=None,
+                   help="where the checkpoints are written once and reused "
+                        "(default bench/out/llama-shards or bench/out/diffusers-shards)")
     p.add_argument("--hidden", type=int, default=ModelSpec.hidden, help="model width (default 1024)")
-    p.add_argument("--layers", type=int, default=ModelSpec.layers, help="decoder layers (default 8)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="decoder layers (default 8 for llama, 4 for diffusers)")
     p.add_argument("--vocab", type=int, default=ModelSpec.vocab, help="vocabulary size (default 32000)")
     p.add_argument("--settle", type=float, default=3.0,
                    help="seconds each run waits before its clock starts, as in safeload bench (default 3)")
@@ -558,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from safeload.bench.cli import Progress
 
-    available = ways(args.device)
+    available = ways(args.device, args.model)
     if args.list:
         for key, label, why in available:
             print(f"{key:26} {label:42} {'ok' if why is None else why}")
@@ -576,10 +647,12 @@ def main(argv: list[str] | None = None) -> int:
         print("safeload.bench.models: --rounds must be at least 1", file=sys.stderr)
         return 2
 
-    spec = ModelSpec(hidden=args.hidden, layers=args.layers, vocab=args.vocab)
-    records = ensure_checkpoints(args.dir, args.shards, spec)
+    layers = args.layers if args.layers is not None else (4 if args.model == "diffusers" else ModelSpec.layers)
+    spec = ModelSpec(hidden=args.hidden, layers=layers, vocab=args.vocab, family=args.model)
+    directory = args.dir or default_dir(args.model)
+    records = ensure_checkpoints(directory, args.shards, spec)
     progress = Progress(enabled=not args.no_progress and sys.stderr.isatty())
-    doc = run(args.dir, records, keys=keys, conditions=args.condition or ["warm", "cold"],
+    doc = run(directory, records, keys=keys, conditions=args.condition or ["warm", "cold"],
               rounds=args.rounds, settle=args.settle, timeout=args.timeout, on_run=progress, device=args.device)
     print(table(doc))
     if args.json:
