@@ -19,13 +19,14 @@ absolute = $(if $(filter /%,$(firstword $(1))),$(1),$(CURDIR)/$(1))
 PY_ABS := $(call absolute,$(PY))
 BUILD_ABS := $(call absolute,$(BUILD))
 
-# Prints pyproject.toml's requirements except torch: the runtime dependencies,
+# Prints pyproject.toml's requirements except torch: the runtime dependencies (torch is
+# pinned at build time to the installed one),
 # the extras named as arguments, then the build requirements (with
 # --no-build-isolation they must be installed). Needs Python 3.11+ (tomllib).
 define PYPROJECT_REQUIREMENTS
 import sys, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))
-deps = list(project["project"]["dependencies"])
+deps = list(project["tool"]["scikit-build"]["metadata"]["dependencies"]["requires"])
 for extra in sys.argv[1:]:
     deps += project["project"]["optional-dependencies"][extra]
 deps += project["build-system"]["requires"]
@@ -148,6 +149,9 @@ install-check: system-deps
 	set -o pipefail; cd /tmp && PYTHONPATH= "$(INSTALL_ENV)/bin/safeload" conform --loader safeload_fast --property-cases 20 | tail -3
 	cd /tmp && PYTHONPATH= "$(INSTALL_PY)" -c \
 	  "import safeload, torch; print('installed', safeload.__file__, 'torch', torch.__version__)"
+	cd /tmp && PYTHONPATH= "$(INSTALL_PY)" -c "import importlib.metadata as m; \
+	  pin = [r for r in m.requires('safeload') if r.startswith('torch')]; \
+	  assert pin == ['torch==$(TORCH_VERSION)'], pin; print('the package requires', pin[0])"
 	test -f "$$("$(INSTALL_PY)" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/safeload-autopatch.pth"
 	"$(INSTALL_PY)" -m pip install -q --disable-pip-version-check safetensors torch==$(TORCH_VERSION)
 	cd /tmp && PYTHONPATH= SAFELOAD_PATCH=1 "$(INSTALL_PY)" -c $(AUTOPATCH_CHECK) "$(CURDIR)/fixtures/corpus/$(EXAMPLE_CASE).safetensors"

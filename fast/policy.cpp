@@ -84,6 +84,12 @@ ReadPolicy decide_policy(const PolicyInput& in) {
   // every core busy and a prefaulting thread only competes with them
   // (measured: bench/README.md, "Defaults").
   p.prefault = direct && p.bypass && in.prefault;
+  // Reading from the page cache, each reader populates its own destinations
+  // just before its copy: warm, 1.1 GiB file, fresh process, 3 rounds,
+  // interleaved, 3.89 GB/s without, 4.22 with (new memory written by 2
+  // threads: 4.32); after the process freed 1.1 GiB: 3.85 / 4.63 (4.48);
+  // idle 40 s: 3.75 / 4.21 (4.26). See bench/README.md, "Defaults".
+  p.populate_before_copy = direct && !p.prefault && in.prefault;
   if (direct && !p.bypass) return p;  // straight into the destinations: no slots
   p.slot_bytes = slot_bytes_for(p.chunk_bytes, p.bypass);
   // Within staging_bytes (one slot at the least), one bounce slot per reader
@@ -103,8 +109,13 @@ bool serve_by_mapping(LoadOptions::Backend backend, bool host_device, bool all_c
 
 bool read_ahead_pays(const HandleUse& use) {
   if (use.prefetch_asked) return true;
-  if (use.partial_reads > 0 || use.whole_reads < kReadAheadAfterReads) return false;
-  return use.listed_keys || 2 * use.asked >= use.tensors;
+  if (use.partial_reads > 0 || use.whole_reads == 0) return false;
+  const bool most_asked = 2 * use.asked >= use.tensors;
+  // transformers lists the keys and takes a slice of every one before reading
+  // any: its first whole read starts the rest (measured: 16 cold shards under
+  // patch(), the read-ahead from the second read left 0.07 s of overlap unused).
+  if (use.listed_keys && most_asked) return true;
+  return use.whole_reads >= kReadAheadAfterReads && (use.listed_keys || most_asked);
 }
 
 }  // namespace safeload::fast

@@ -18,6 +18,21 @@ namespace safeload::fast {
 #endif
 #endif
 
+bool populate_whole_pages(void* start, std::uint64_t length) noexcept {
+#if defined(__linux__)
+  static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto first = reinterpret_cast<std::uintptr_t>(start);
+  const std::uintptr_t at = (first + page - 1) / page * page;
+  const std::uintptr_t end = (first + length) / page * page;
+  if (at >= end) return true;
+  return ::madvise(reinterpret_cast<void*>(at), end - at, MADV_POPULATE_WRITE) == 0 || errno != EINVAL;
+#else
+  (void)start;
+  (void)length;
+  return false;
+#endif
+}
+
 Prefaulter::Prefaulter(const Plan& plan, const std::vector<void*>& dst, bool start) : plan_(plan), dst_(dst) {
   if (start) this->start();
 }

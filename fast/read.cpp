@@ -129,9 +129,10 @@ bool any_uncached(const std::vector<Source>& sources) {
 }
 
 // Reads the op through the page cache straight into its destinations, in
-// pieces of at most kCancelCheckBytes with a cancellation check between them.
+// pieces of at most kCancelCheckBytes with a cancellation check between them;
+// `populate`: each piece's destination pages are populated just before.
 void read_cached_op(const File& file, const Plan& plan, const ReadOp& op, const std::vector<void*>& dst,
-                    LoadControl* control) {
+                    LoadControl* control, bool populate) {
   iovec iov[kMaxSegmentsPerOp];
   std::size_t s = 0;         // the segment being read
   std::uint64_t within = 0;  // bytes of it already read
@@ -150,6 +151,9 @@ void read_cached_op(const File& file, const Plan& plan, const ReadOp& op, const 
       within += take;
       if (within == seg.length) ++s, within = 0;
     }
+    if (populate) {
+      for (int i = 0; i < count; ++i) populate_whole_pages(iov[i].iov_base, iov[i].iov_len);
+    }
     preadv_full(file.fd(), iov, count, at, file.path());
     at += piece;
   }
@@ -158,7 +162,8 @@ void read_cached_op(const File& file, const Plan& plan, const ReadOp& op, const 
 }  // namespace
 
 void read_host(const std::vector<Source>& sources, const Plan& plan, const std::vector<void*>& dst,
-               const std::vector<void*>& slots, Executor& executor, LoadControl* control, bool prefault) {
+               const std::vector<void*>& slots, Executor& executor, LoadControl* control, bool prefault,
+               bool populate_before_copy) {
   SAFELOAD_INTERNAL_ASSERT(dst.size() == plan.tensor_bytes.size(), "one destination per tensor");
   const bool bypass = any_uncached(sources);
   SAFELOAD_INTERNAL_ASSERT(!bypass || !slots.empty(), "uncached reads need a bounce slot");
@@ -185,7 +190,7 @@ void read_host(const std::vector<Source>& sources, const Plan& plan, const std::
       }
       ring.release(slot, /*dirty=*/false);
     } else {
-      read_cached_op(*src.file, plan, op, dst, control);
+      read_cached_op(*src.file, plan, op, dst, control, populate_before_copy);
     }
     if (control) control->op_done(plan, op);
   });

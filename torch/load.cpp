@@ -78,7 +78,8 @@ class LoadState {
     std::exception_ptr error;
     try {
       if (policy.route == fast::ReadPolicy::Route::kHost) {
-        fast::read_host(sources, plan, host, slots, *executor, control.get(), policy.prefault);
+        fast::read_host(sources, plan, host, slots, *executor, control.get(), policy.prefault,
+                        policy.populate_before_copy);
       } else {
         fast::read_staged(sources, plan, slots, *target, *executor, control.get());
       }
@@ -384,6 +385,7 @@ LoadReport Loading::report() const {
   r.slot_bytes = p.slot_bytes;
   r.slot_count = p.slot_count;
   r.prefault = p.prefault;
+  r.populate_before_copy = p.populate_before_copy;
   r.ops = state_->plan.ops.size();
   r.ops_uncached = state_->control->ops_uncached();
   r.bytes_total = state_->plan.total_bytes;

@@ -6,7 +6,10 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "internal.h"
 #include "safeload/error.h"
@@ -44,16 +47,75 @@ void* map_huge_pages(std::uint64_t length) {
   return data;
 }
 
-// A CPU tensor of `sizes` and `dtype` over map_huge_pages memory, or an
-// undefined tensor if the mapping fails.
+// Bounce memory a finished load leaves for the next one. New pages are the
+// slowest memory on hosts that reclaim what a guest frees (first writes at
+// 0.5-3 GB/s), and a model read shard by shard, or a safe_open handle read
+// tensor by tensor, would otherwise fault in fresh bounce slots for every
+// load: 16 shards of a 300 MiB model, 77 MiB of them. Up to kKeptBytes stay
+// mapped; a load takes the smallest kept mapping that holds its slots and is
+// at most kMaxWaste times their size.
+class KeptMappings {
+ public:
+  static constexpr std::uint64_t kKeptBytes = 64ull << 20;
+  static constexpr std::uint64_t kMaxWaste = 4;
+
+  // A kept mapping of at least `length` bytes and its own length, or {nullptr, 0}.
+  std::pair<void*, std::uint64_t> take(std::uint64_t length) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto best = kept_.end();
+    for (auto it = kept_.begin(); it != kept_.end(); ++it) {
+      if (it->second >= length && it->second <= kMaxWaste * length &&
+          (best == kept_.end() || it->second < best->second)) {
+        best = it;
+      }
+    }
+    if (best == kept_.end()) return {nullptr, 0};
+    const std::pair<void*, std::uint64_t> found = *best;
+    held_ -= found.second;
+    kept_.erase(best);
+    return found;
+  }
+
+  // Keeps the mapping, or unmaps it where that would hold more than kKeptBytes.
+  void give(void* data, std::uint64_t length) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (held_ + length <= kKeptBytes) {
+        kept_.emplace_back(data, length);
+        held_ += length;
+        return;
+      }
+    }
+    ::munmap(data, length);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::pair<void*, std::uint64_t>> kept_;
+  std::uint64_t held_ = 0;
+};
+
+KeptMappings& kept_mappings() {
+  static KeptMappings* kept = new KeptMappings();  // never destroyed: deleters may run at exit
+  return *kept;
+}
+
+// A CPU tensor of `sizes` and `dtype` over map_huge_pages memory (kept from an
+// earlier load where one fits), or an undefined tensor if the mapping fails.
 at::Tensor huge_page_tensor(std::uint64_t nbytes, at::IntArrayRef sizes, at::ScalarType dtype) {
   // Only the start is 2 MiB aligned; the length is rounded to 4 KiB, so a
   // partial last huge page falls back to small pages instead of wasting memory.
   const std::uint64_t length = (nbytes + 4095) / 4096 * 4096;
-  void* data = map_huge_pages(length);
+  const std::pair<void*, std::uint64_t> kept = kept_mappings().take(length);
+  void* data = kept.first;
+  std::uint64_t mapped = kept.second;
+  if (data == nullptr) {
+    data = map_huge_pages(length);
+    mapped = length;
+  }
   if (data == nullptr) return at::Tensor();
   return at::from_blob(
-      data, sizes, [length](void* p) { ::munmap(p, length); },
+      data, sizes, [mapped](void* p) { kept_mappings().give(p, mapped); },
       at::TensorOptions().dtype(dtype).device(c10::Device("cpu")));
 }
 

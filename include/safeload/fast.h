@@ -137,6 +137,11 @@ struct ReadPolicy {
   // Populate destination pages ahead of the readers: on the direct route
   // (staged destinations are device memory) when reads bypass the page cache.
   bool prefault = false;
+  // Each reader populates the whole pages of a piece's destinations just
+  // before copying into them from the page cache (the direct route when no
+  // prefaulting thread runs): the kernel then faults pages in bulk outside the
+  // copy instead of one at a time inside it.
+  bool populate_before_copy = false;
 };
 
 ReadPolicy decide_policy(const PolicyInput& in);
@@ -162,11 +167,12 @@ struct HandleUse {
   bool prefetch_asked = false;     // the caller asked for read-ahead explicitly
 };
 // Read every tensor not yet handed out in the background, now: when asked
-// explicitly; or when the caller reads whole tensors only, has read
-// kReadAheadAfterReads of them, and has either listed the keys (a loop over
-// them) or asked for at least half of the tensors (transformers asks for a
-// slice of every key before reading any). A caller that reads a few
-// tensors, or parts of tensors (tensor parallelism), reads those alone.
+// explicitly; or when the caller reads whole tensors only and either has
+// listed the keys and asked for at least half of the tensors (transformers
+// takes a slice of every key before reading any: from its first whole read),
+// or has read kReadAheadAfterReads whole tensors and listed the keys (a loop
+// over them) or asked for at least half of the tensors. A caller that reads
+// a few tensors, or parts of tensors (tensor parallelism), reads those alone.
 inline constexpr std::size_t kReadAheadAfterReads = 2;
 bool read_ahead_pays(const HandleUse& use);
 
@@ -404,9 +410,17 @@ std::uint64_t slot_bytes_for(std::uint64_t chunk_bytes, bool uncached);
 // and kDirectIoAlign-aligned. `control` (may be null) is told of each op and
 // asked between ops whether to stop. `prefault`: one more thread populates
 // the destinations' pages ahead of the readers (see Prefaulter).
+// `populate_before_copy`: a reader populates the pages of what it is about to
+// read through the page cache just before the read (see ReadPolicy).
 void read_host(const std::vector<Source>& sources, const Plan& plan, const std::vector<void*>& dst,
                const std::vector<void*>& slots, Executor& executor, LoadControl* control = nullptr,
-               bool prefault = false);
+               bool prefault = false, bool populate_before_copy = false);
+
+// Populates the whole pages inside [start, start + length) for writing
+// (Linux 5.14+: MADV_POPULATE_WRITE); the partial pages at the ends are left
+// alone, as they may be shared with memory that is not the caller's. Returns
+// false where the kernel cannot populate.
+bool populate_whole_pages(void* start, std::uint64_t length) noexcept;
 
 // Populates the whole pages of the destinations of `plan`'s ops, in op order,
 // on a thread of its own, skipping ops the readers have already reached

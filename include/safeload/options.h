@@ -44,13 +44,14 @@ struct LoadOptions {
   // kCached: always through it. kUncached: always bypass it, device targets
   // included. Where O_DIRECT is unsupported (tmpfs, macOS), the page cache.
   enum class Io { kAuto, kCached, kUncached } io = Io::kAuto;
-  // Populate the pages of host destinations ahead of the readers, from one
-  // more thread, while reads bypass the page cache (Linux:
-  // MADV_POPULATE_WRITE; elsewhere nothing). The kernel gives pages in bulk
-  // rather than one fault at a time inside the copies, and the work overlaps
-  // the reads; reads the page cache serves keep every core busy copying, so
-  // they do without. False leaves every page to fault in where a read first
-  // writes it.
+  // Populate the pages of host destinations before the copies write them
+  // (Linux: MADV_POPULATE_WRITE; elsewhere nothing): the kernel gives pages
+  // in bulk rather than one fault at a time inside the copies. While reads
+  // bypass the page cache one more thread does it ahead of the readers,
+  // overlapping the device's reads; reads the page cache serves keep every
+  // core busy copying, so there each reader populates what it is about to
+  // copy into. False leaves every page to fault in where a read first writes
+  // it.
   bool prefault = true;
   // Upstream's choice between mapping the file and reading it ("mmap",
   // "pread"), where a caller gave one. safeload reads either way; it is kept

@@ -123,6 +123,7 @@ struct LoadReport {
   std::uint64_t slot_bytes = 0;    // staging or bounce slots (0: none)
   std::size_t slot_count = 0;
   bool prefault = false;           // destination pages populated ahead of the readers
+  bool populate_before_copy = false;  // each reader populated its pages before copying into them
   std::uint64_t ops = 0;           // reads planned
   std::uint64_t ops_uncached = 0;  // of which bypassed the page cache
   std::uint64_t bytes_total = 0;

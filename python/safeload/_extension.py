@@ -29,8 +29,29 @@ class _Missing:
         return False
 
 
+def torch_mismatch() -> str | None:
+    """Why the extension cannot be used with the torch installed, when it was built against
+    another release (``_build_info.py``, written by the build); None when they match or
+    when there is no record (a build from before the record was kept)."""
+    try:
+        from safeload._build_info import TORCH_VERSION as built
+    except ImportError:
+        return None
+    import torch
+
+    installed = torch.__version__.split("+")[0]
+    if not built or installed == built:
+        return None
+    return (f"it was built against torch {built} and this is torch {torch.__version__}; an extension "
+            f"built for one torch release cannot load into another. Install torch {built}, or rebuild "
+            "safeload against this torch")
+
+
 def load():
     """The extension module, or the stand-in."""
+    mismatch = torch_mismatch()
+    if mismatch:
+        return _Missing(ImportError(mismatch))
     try:
         from safeload import _C
     except ImportError as e:

