@@ -349,7 +349,7 @@ def test_models_command_loads_a_diffusers_checkpoint_patched_and_shipped(tmp_pat
     root = str(tmp_path / "d")
     out = tmp_path / "models.json"
     argv = ["--model", "diffusers", "--dir", root, "--hidden", "64", "--layers", "1", "--shards", "2",
-            "--ways", "diffusers,diffusers-patched", "--condition", "warm", "--rounds", "1",
+            "--ways", "diffusers,diffusers-patched,diffusers-autopatch", "--condition", "warm", "--rounds", "1",
             "--settle", "0", "--json", str(out), "--no-progress"]
     assert models.main(argv) == 0
     text = capsys.readouterr().out
@@ -360,13 +360,14 @@ def test_models_command_loads_a_diffusers_checkpoint_patched_and_shipped(tmp_pat
     doc = json.loads(out.read_text())
     for block in doc["results"]:
         rows = {r["key"]: r for r in block["rows"]}
-        assert set(rows) == {"diffusers", "diffusers-patched"}
+        assert set(rows) == {"diffusers", "diffusers-patched", "diffusers-autopatch"}
         assert all(r["status"] == "ok" for r in rows.values()), rows
         # The patched way's time over the shipped way's, from the same run's medians.
-        assert rows["diffusers-patched"]["time_over_shipped"] == pytest.approx(
-            rows["diffusers-patched"]["seconds_median"] / rows["diffusers"]["seconds_median"])
-        calls = block["runs"]["diffusers-patched"][0]["patch_calls"]
-        assert calls.get("tensors") or calls.get("mapped"), calls
+        for way in ("diffusers-patched", "diffusers-autopatch"):
+            assert rows[way]["time_over_shipped"] == pytest.approx(
+                rows[way]["seconds_median"] / rows["diffusers"]["seconds_median"])
+            calls = block["runs"][way][0]["patch_calls"]
+            assert calls.get("tensors") or calls.get("mapped"), calls
 
 
 def test_safe_open_bench_counts_what_each_caller_reads(tmp_path, capsys):

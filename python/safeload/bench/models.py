@@ -24,7 +24,11 @@ The ways (--list shows each with whether it can run here, and why not):
 - ``transformers`` (llama): ``AutoModelForCausalLM.from_pretrained(DIR/shards-N, dtype=bfloat16)``,
   with ``device_map=DEVICE`` for a device other than the CPU; ``diffusers`` (diffusers):
   ``SD3Transformer2DModel.from_pretrained(DIR/shards-N, torch_dtype=bfloat16)``;
-- ``transformers-patched``, ``diffusers-patched``: the same under ``safeload.patch()``.
+- ``transformers-patched``, ``diffusers-patched``: the same under ``with safeload.patch():``,
+  the patch applied inside the timed region;
+- ``transformers-autopatch``, ``diffusers-autopatch``: the same in a process started with
+  ``SAFELOAD_PATCH=1`` (the package's start-up hook patches when safetensors is first
+  imported, before the clock).
 
 Timed, in a fresh process per run, after imports and a settle wait: a state-dict way from the
 loader call until every byte of every tensor has been read once (mapped tensors pay for their
@@ -61,9 +65,21 @@ import time
 MODEL_WAYS = {
     "transformers": "transformers from_pretrained(dir)",
     "transformers-patched": "transformers under safeload.patch()",
+    "transformers-autopatch": "transformers with SAFELOAD_PATCH=1",
     "diffusers": "diffusers from_pretrained(dir)",
     "diffusers-patched": "diffusers under safeload.patch()",
+    "diffusers-autopatch": "diffusers with SAFELOAD_PATCH=1",
 }
+#: The ways through safeload: each one's shipped way is its key without the suffix.
+_PATCHED_SUFFIXES = ("-patched", "-autopatch")
+
+
+def shipped_way(key: str) -> str | None:
+    """The shipped way a patched way is compared with; None for others."""
+    for suffix in _PATCHED_SUFFIXES:
+        if key.endswith(suffix):
+            return key[:-len(suffix)]
+    return None
 FAMILIES = ("llama", "diffusers")
 _FAMILY_LIBRARY = {"llama": "transformers", "diffusers": "diffusers"}
 BASELINE = "safeload-checkpoint"
@@ -358,7 +374,7 @@ def check_model_run(result: dict, written: dict) -> dict:
     if mismatch:
         result["wrong_bytes"] = True
         result["mismatch"] = mismatch[:5] + ([f"... {len(mismatch) - 5} more"] if len(mismatch) > 5 else [])
-    elif str(result.get("key")).endswith("-patched") and not any(
+    elif shipped_way(str(result.get("key"))) and not any(
             result.get("patch_calls", {}).get(k) for k in ("tensors", "mapped")):
         # Served means read by safeload, or handed to upstream's mapping by its policy.
         result["error"] = f"safeload.patch() served no file (calls: {result.get('patch_calls')})"
@@ -386,8 +402,16 @@ def _run_model(spec: dict) -> dict:
     if device != "cpu":
         kwargs["device_map"] = device
     patched = key.endswith("-patched")
-    if patched:
+    autopatched = key.endswith("-autopatch")
+    if patched or autopatched:
+        import importlib
+
         import safeload
+        patch_module = importlib.import_module("safeload.patch")
+        if autopatched and not patch_module.is_patched():
+            raise RuntimeError("SAFELOAD_PATCH=1 did not patch safetensors: the safeload-autopatch.pth "
+                               "start-up hook is not installed in this environment")
+        calls_before = patch_module.calls()
     if spec.get("condition") == "cold":
         for name in os.listdir(directory):
             cache.evict(os.path.join(directory, name))
@@ -406,6 +430,9 @@ def _run_model(spec: dict) -> dict:
     else:
         model = Model.from_pretrained(directory, **kwargs)
     t1 = time.perf_counter()
+    if autopatched:
+        result["patch_calls"] = {k: v - calls_before.get(k, 0) for k, v in patch_module.calls().items()
+                                 if v != calls_before.get(k, 0)}
     state = model.state_dict()
     checksum = touch(dict(state))
     t2 = time.perf_counter()
@@ -431,7 +458,9 @@ def _run_model(spec: dict) -> dict:
 def _run_child(spec: dict, timeout: float | None) -> dict:
     from safeload.bench import runner
 
-    return runner.run_child(["-m", "safeload.bench.models", "--_run", json.dumps(spec)], timeout, what="run")
+    env = {"SAFELOAD_PATCH": "1"} if spec["key"].endswith("-autopatch") else {"SAFELOAD_PATCH": ""}
+    return runner.run_child(["-m", "safeload.bench.models", "--_run", json.dumps(spec)], timeout, what="run",
+                            env=env)
 
 
 # The schedule and the report -----------------------------------------------------------------
@@ -495,7 +524,7 @@ def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: lis
         for x in rows:
             if base and "seconds_median" in x:
                 x["time_over_load_checkpoint"] = x["seconds_median"] / base["seconds_median"]
-            shipped = by_key.get(x["key"].removesuffix("-patched")) if x["key"].endswith("-patched") else None
+            shipped = by_key.get(shipped_way(x["key"]) or "")
             if shipped and "seconds_median" in x and "seconds_median" in shipped:
                 x["time_over_shipped"] = x["seconds_median"] / shipped["seconds_median"]
         results.append({"condition": condition, "shards": n, "rows": rows,

@@ -77,12 +77,14 @@ def _worker_env() -> dict:
 
 
 def run_child(args: list[str], timeout: float | None = None, python: str | None = None,
-              what: str = "worker") -> dict:
-    """Run ``python args...`` (this interpreter by default) in this package's environment; return
-    the JSON object its last output line holds, or {"error": why} when it has none."""
+              what: str = "worker", env: dict | None = None) -> dict:
+    """Run ``python args...`` (this interpreter by default) in this package's environment, with
+    ``env`` added to it; return the JSON object its last output line holds, or {"error": why}
+    when it has none."""
     cmd = [python or sys.executable, *args]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(), timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**_worker_env(), **(env or {})},
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
