@@ -166,6 +166,12 @@ AUTOPATCH_CHECK := "import importlib, sys, safetensors.torch as t; p = importlib
 clean:
 	rm -rf $(BUILD)
 
+# The over-4-GiB conformance tier, outside make test (it writes a 4 GiB file, about 9 GiB of
+# disk and memory): safeload's loader, then a loader with 32-bit offsets that it must catch.
+.PHONY: conform-large
+conform-large: build
+	SAFELOAD_CONFORM_LARGE=1 $(PY) -m pytest tests/python/test_conformance_checks.py -q -k large_tier
+
 # The header's JSON reader against simdjson's On-Demand API (bench/json_reader.cpp; the
 # figures are in core/json.h): the corpus, a 1,000,000-tensor header and the fuzz inputs
 # (run make fuzz-smoke first for more of them).

@@ -54,14 +54,14 @@ Probes probes_needed(LoadOptions::Io io, bool host_writable, bool staged) {
 ReadPolicy decide_policy(const PolicyInput& in) {
   ReadPolicy p;
   p.route = in.host_writable && !in.staged ? ReadPolicy::Route::kHost : ReadPolicy::Route::kStaged;
-  const bool direct = p.route == ReadPolicy::Route::kHost;
+  const bool host = p.route == ReadPolicy::Route::kHost;
   const Probes probes = probes_needed(in.io, in.host_writable, in.staged);
   const bool may_bypass = in.direct_io && probes.open_uncached;
   p.check_cache = may_bypass && probes.map_cache;
   p.bypass = may_bypass && (in.io == LoadOptions::Io::kUncached || !in.all_cached);
 
   const std::size_t auto_threads =
-      p.bypass && direct ? std::min<std::size_t>(2 * default_threads(in.cores), 32) : default_threads(in.cores);
+      p.bypass && host ? std::min<std::size_t>(2 * default_threads(in.cores), 32) : default_threads(in.cores);
   p.threads = in.threads ? in.threads : auto_threads;
 
   if (in.chunk_bytes) {
@@ -72,10 +72,10 @@ ReadPolicy decide_policy(const PolicyInput& in) {
     p.chunk_bytes = std::min(share_chunk_bytes(in.data_bytes, in.parts), in.staging_bytes);
   } else {
     p.chunk_bytes = default_chunk_bytes(in.data_bytes, p.threads);
-    if (p.bypass && direct) p.chunk_bytes = std::min(p.chunk_bytes, kUncachedChunkBytes);
+    if (p.bypass && host) p.chunk_bytes = std::min(p.chunk_bytes, kUncachedChunkBytes);
     // Slots must fit the staging bound: at least two per thread, so device
     // copies drain while reads go on.
-    if (!direct) p.chunk_bytes = std::min(p.chunk_bytes, in.staging_bytes / (2 * p.threads));
+    if (!host) p.chunk_bytes = std::min(p.chunk_bytes, in.staging_bytes / (2 * p.threads));
     p.chunk_bytes = std::max(p.chunk_bytes, kMinChunkBytes);
   }
 
@@ -83,18 +83,18 @@ ReadPolicy decide_policy(const PolicyInput& in) {
   // populating pages fills idle time, while copies from the page cache keep
   // every core busy and a prefaulting thread only competes with them
   // (measured: bench/README.md, "Defaults").
-  p.prefault = direct && p.bypass && in.prefault;
+  p.prefault = host && p.bypass && in.prefault;
   // Reading from the page cache, each reader populates its own destinations
   // just before its copy: warm, 1.1 GiB file, fresh process, 3 rounds,
   // interleaved, 3.89 GB/s without, 4.22 with (new memory written by 2
   // threads: 4.32); after the process freed 1.1 GiB: 3.85 / 4.63 (4.48);
   // idle 40 s: 3.75 / 4.21 (4.26). See bench/README.md, "Defaults".
-  p.populate_before_copy = direct && !p.prefault && in.prefault;
-  if (direct && !p.bypass) return p;  // straight into the destinations: no slots
+  p.populate_before_copy = host && !p.prefault && in.prefault;
+  if (host && !p.bypass) return p;  // straight into the destinations: no slots
   p.slot_bytes = slot_bytes_for(p.chunk_bytes, p.bypass);
   // Within staging_bytes (one slot at the least), one bounce slot per reader
   // or up to kMaxSlotsPerThread staging slots per reader.
-  const std::size_t per_thread = direct ? 1 : kMaxSlotsPerThread;
+  const std::size_t per_thread = host ? 1 : kMaxSlotsPerThread;
   const std::uint64_t fit = std::max<std::uint64_t>(in.staging_bytes / p.slot_bytes, 1);
   p.slot_count = static_cast<std::size_t>(std::min<std::uint64_t>(fit, per_thread * p.threads));
   return p;

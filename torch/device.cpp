@@ -54,7 +54,7 @@ void* host_writable_pointer(const at::Tensor& t, c10::Storage* keepalive) {
   if (t.device().is_cpu()) return t.mutable_data_ptr();
 #if defined(SAFELOAD_MPS_HOST_ALIAS)
   // Apple silicon: MPS storage in a shared (unified-memory) Metal buffer has a
-  // CPU alias, so the CPU path's direct reads apply unchanged. UNTESTED in CI:
+  // CPU alias, so the CPU path's host-route reads apply unchanged. UNTESTED in CI:
   // no Apple hardware; these lines are the whole MPS-specific code.
   if (t.device().is_mps()) {
     at::mps::IMPSAllocator* allocator = at::mps::getIMPSAllocator();

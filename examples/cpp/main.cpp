@@ -1,5 +1,5 @@
 // Loads a safetensors file onto the CPU with safeload's fast loader and
-// prints each tensor's name, torch dtype and shape, in name order.
+// prints each tensor's name, torch dtype and shape, in file order.
 //
 //   list_tensors FILE [DEVICE]
 #include <iostream>

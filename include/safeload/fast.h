@@ -127,18 +127,18 @@ struct ReadPolicy {
   enum class Route { kHost, kStaged } route = Route::kHost;
   // Read bytes the page cache lacks with O_DIRECT (needs direct_io).
   bool bypass = false;
-  // Ask the CacheMap per read (kAuto on the direct route); otherwise every
+  // Ask the CacheMap per read (kAuto on the host route); otherwise every
   // read takes the same way.
   bool check_cache = false;
   std::size_t threads = 1;
   std::uint64_t chunk_bytes = 0;
   std::uint64_t slot_bytes = 0;     // 0 when the route needs no slots
   std::size_t slot_count = 0;
-  // Populate destination pages ahead of the readers: on the direct route
+  // Populate destination pages ahead of the readers: on the host route
   // (staged destinations are device memory) when reads bypass the page cache.
   bool prefault = false;
   // Each reader populates the whole pages of a piece's destinations just
-  // before copying into them from the page cache (the direct route when no
+  // before copying into them from the page cache (the host route when no
   // prefaulting thread runs): the kernel then faults pages in bulk outside the
   // copy instead of one at a time inside it.
   bool populate_before_copy = false;

@@ -1,8 +1,10 @@
-"""The one way Python starts a load: a blocking call or a background handle.
+"""The one way Python starts a load: ``start`` (a ``_C.Loading`` of the whole
+checkpoint, or of the tensors and ranges a request names, or of one share)
+and ``load`` (start, wait for all, return the tensors).
 
-Every public entry point (``load_file``, ``load_checkpoint``, ``safe_open``,
-``load``) goes through here, so options, paths, progress, Ctrl-C and the
-result's key order are handled once. The C++ side (``_C.Loading``) validates
+Every public entry point (``load_file``, ``load_checkpoint``, ``safe_open`` and
+its slices and ``prefetch``, ``load``, ``distributed``) goes through here, so
+options, paths, progress, Ctrl-C and the result's key order are handled once. The C++ side (``_C.Loading``) validates
 the options and every shard's header, allocates every destination, then reads
 on its own threads; waits release the GIL and poll for signals, so Ctrl-C
 cancels a load within about a tenth of a second, frees what it allocated and
@@ -21,6 +23,7 @@ from safeload._device import DeviceLike, device_string
 PathLike = Union[str, bytes, os.PathLike]
 Source = Union[PathLike, Sequence[PathLike]]
 ProgressFn = Callable[[int, int], None]
+
 
 def _path_bytes(path: PathLike) -> bytes:
     """A path as the bytes the OS sees (``os.fsencode``), so any name (from

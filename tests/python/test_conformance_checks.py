@@ -244,7 +244,7 @@ def test_cpp_testee_end_to_end(subset):
 
 
 @pytest.mark.skipif(os.environ.get("SAFELOAD_CONFORM_LARGE") != "1",
-                    reason="writes a 4 GiB file and loads it: set SAFELOAD_CONFORM_LARGE=1 (needs ~12 GiB free)")
+                    reason="writes a 4 GiB file and loads it: make conform-large (needs ~12 GiB free)")
 def test_large_tier_catches_32bit_offsets():
     good = run(f"{BROKEN}:good", cases=[], large=True, seed=SEED, timeout=600)
     assert good.ok, good.render()
