@@ -108,6 +108,19 @@ def chunk_off_by_one(path, device, chunk=16 * MiB):
     return out
 
 
+def _pread_all(fd, n, offset):
+    """n bytes at offset: Linux returns at most 2 GiB - 4 KiB per pread."""
+    parts = []
+    while n > 0:
+        got = os.pread(fd, min(n, 1 << 30), offset)
+        if not got:
+            break
+        parts.append(got)
+        n -= len(got)
+        offset += len(got)
+    return b"".join(parts)
+
+
 def offsets_32bit(path, device):
     """Keeps data offsets in 32 bits: a tensor past 4 GiB reads the wrong bytes."""
     ref = _load(path)
@@ -116,7 +129,7 @@ def offsets_32bit(path, device):
     with open(path, "rb") as f:
         for name, t in ref.items():
             b, e = header[name]["data_offsets"]
-            raw = os.pread(f.fileno(), e - b, start + (b & 0xFFFFFFFF))
+            raw = _pread_all(f.fileno(), e - b, start + (b & 0xFFFFFFFF))
             out[name] = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(t.dtype).reshape(t.shape) if e > b else t
     return out
 
