@@ -67,14 +67,24 @@ std::exception_ptr LoadControl::error() const {
   return error_;
 }
 
+namespace {
+
+// Waits on `cv` until `ready()` (or the load finished: `ready` says so), at
+// most `timeout_ms` (negative: no limit).
+template <class Ready>
+void wait_ready(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, long timeout_ms, Ready ready) {
+  if (timeout_ms < 0) {
+    cv.wait(lock, ready);
+  } else {
+    cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready);
+  }
+}
+
+}  // namespace
+
 bool LoadControl::wait_tensor(std::size_t i, long timeout_ms) {
   std::unique_lock<std::mutex> lock(mutex_);
-  const auto ready = [&] { return finished_ || tensor_done(i); };
-  if (timeout_ms < 0) {
-    cv_.wait(lock, ready);
-  } else {
-    cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready);
-  }
+  wait_ready(cv_, lock, timeout_ms, [&] { return finished_ || tensor_done(i); });
   if (tensor_done(i)) return true;
   if (error_) std::rethrow_exception(error_);
   return false;
@@ -82,12 +92,7 @@ bool LoadControl::wait_tensor(std::size_t i, long timeout_ms) {
 
 std::optional<std::size_t> LoadControl::wait_completed(std::size_t k, long timeout_ms) {
   std::unique_lock<std::mutex> lock(mutex_);
-  const auto ready = [&] { return finished_ || completed_.size() > k; };
-  if (timeout_ms < 0) {
-    cv_.wait(lock, ready);
-  } else {
-    cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready);
-  }
+  wait_ready(cv_, lock, timeout_ms, [&] { return finished_ || completed_.size() > k; });
   if (completed_.size() > k) return completed_[k];
   if (error_) std::rethrow_exception(error_);
   return std::nullopt;

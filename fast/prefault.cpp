@@ -82,7 +82,7 @@ void Prefaulter::run() noexcept {
       while (at < end) {
         if (stop_.load(std::memory_order_relaxed) || frontier_.load(std::memory_order_relaxed) > k) break;
         const std::uintptr_t n = std::min(kStep, end - at);
-        if (::madvise(reinterpret_cast<void*>(at), n, MADV_POPULATE_WRITE) != 0 && errno == EINVAL) {
+        if (!populate_whole_pages(reinterpret_cast<void*>(at), n)) {
           return;  // this kernel cannot populate: leave it to the readers
         }
         at += n;

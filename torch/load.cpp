@@ -19,10 +19,30 @@ namespace {
 // Every shard's page cache residency is sampled over its data section.
 bool all_cached(const std::vector<fast::CacheMap>& caches, const Checkpoint& checkpoint) {
   for (std::size_t f = 0; f < caches.size(); ++f) {
-    const Header& h = checkpoint.shards()[f].header;
-    if (!caches[f].cached(h.data_start(), h.data_length())) return false;
+    if (!caches[f].data_cached(checkpoint.shards()[f].header)) return false;
   }
   return true;
+}
+
+// Each shard's first tensor index in the checkpoint's file order (shard by shard).
+std::vector<std::size_t> first_indices(const Checkpoint& checkpoint) {
+  std::vector<std::size_t> first;
+  std::size_t n = 0;
+  for (const Shard& shard : checkpoint.shards()) {
+    first.push_back(n);
+    n += shard.header.tensors().size();
+  }
+  return first;
+}
+
+// Index of tensor `name` in that order; `first` is first_indices(checkpoint).
+std::optional<std::size_t> index_of(const Checkpoint& checkpoint, const std::vector<std::size_t>& first,
+                                    std::string_view name) {
+  for (std::size_t s = 0; s < checkpoint.shards().size(); ++s) {
+    const Header& h = checkpoint.shards()[s].header;
+    if (const TensorInfo* t = h.find(name)) return first[s] + static_cast<std::size_t>(t - h.tensors().data());
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -64,13 +84,7 @@ class LoadState {
       : shared(std::move(c)), checkpoint(*shared), device(d), options(std::move(o)) {}
 
   // Index of tensor `name` in `infos`: each shard's header looks it up by name.
-  std::optional<std::size_t> find(std::string_view name) const {
-    for (std::size_t s = 0; s < checkpoint.shards().size(); ++s) {
-      const Header& h = checkpoint.shards()[s].header;
-      if (const TensorInfo* t = h.find(name)) return first[s] + static_cast<std::size_t>(t - h.tensors().data());
-    }
-    return std::nullopt;
-  }
+  std::optional<std::size_t> find(std::string_view name) const { return index_of(checkpoint, first, name); }
 
   bool wanted(std::size_t i) const { return request[i].kind != TensorRequest::Kind::kSkip; }
 
@@ -150,21 +164,14 @@ fast::PolicyInput policy_input(LoadState& st, bool host_writable) {
 LoadRequest LoadRequest::of(const Checkpoint& checkpoint,
                             const std::vector<std::pair<std::string, TensorRequest>>& wanted) {
   LoadRequest r;
-  std::vector<std::size_t> first;
-  for (const Shard& shard : checkpoint.shards()) {
-    first.push_back(r.tensors.size());
-    r.tensors.resize(r.tensors.size() + shard.header.tensors().size(), TensorRequest::skip());
-  }
+  const std::vector<std::size_t> first = first_indices(checkpoint);
+  std::size_t count = 0;
+  for (const Shard& shard : checkpoint.shards()) count += shard.header.tensors().size();
+  r.tensors.assign(count, TensorRequest::skip());
   for (const auto& [name, request] : wanted) {
-    bool found = false;
-    for (std::size_t s = 0; s < first.size() && !found; ++s) {
-      const Header& h = checkpoint.shards()[s].header;
-      if (const TensorInfo* t = h.find(name)) {
-        r.tensors[first[s] + static_cast<std::size_t>(t - h.tensors().data())] = request;
-        found = true;
-      }
-    }
-    SAFELOAD_CHECK(found, ErrorCode::kInvalidArgument, "no tensor named '" + name + "' in the checkpoint");
+    const std::optional<std::size_t> i = index_of(checkpoint, first, name);
+    SAFELOAD_CHECK(i.has_value(), ErrorCode::kInvalidArgument, "no tensor named '" + name + "' in the checkpoint");
+    r.tensors[*i] = request;
   }
   return r;
 }

@@ -59,6 +59,9 @@ class CacheMap {
   // file costs ~40 ms, a tenth of loading it from the page cache).
   static constexpr std::uint64_t kSamples = 5;
   bool cached(std::uint64_t offset, std::uint64_t length) const;
+  // Whether the file's data section, as `header` places it, is cached: what
+  // the policy's all_cached and the choice to serve by mapping ask per shard.
+  bool data_cached(const Header& header) const { return cached(header.data_start(), header.data_length()); }
 
  private:
   explicit CacheMap(bool all) : all_(all) {}

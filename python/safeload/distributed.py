@@ -52,6 +52,7 @@ import torch
 import torch.distributed as dist
 
 from safeload import _C, _loading
+from safeload._bytes import byte_view
 from safeload._device import DeviceLike, device_string
 from safeload._errors import SafetensorError
 
@@ -382,18 +383,28 @@ def _load_replicated(p: _Prepared, comm: _Comm, infos: List[dict], per_node: boo
     return dict(zip(p.names, tensors))
 
 
-def _read_share(p: _Prepared, part: int, parts: int, out: dict) -> Tuple[List[torch.Tensor], List[list]]:
-    """Every tensor allocated, share ``part`` of ``parts`` read into them; and what each
-    share reads, as (tensor index, offset, length) runs."""
-    loading = _loading.start(p.checkpoint, p.device, share=(part, parts), **p.options)
+def _read(p: _Prepared, out: dict, then: Optional[Callable[[Any], Any]] = None, **what):
+    """One load of the checkpoint (``what``: ``request=`` or ``share=``, as
+    ``_loading.start`` takes them), waited for; its ``(name, tensor)`` pairs
+    and ``then(loading)`` (asked before the load is released). Records the
+    bytes it read and its chunk size in ``out``."""
+    loading = _loading.start(p.checkpoint, p.device, **what, **p.options)
     try:
         pairs = loading.wait_all()
         report = loading.report()
-        shares = [loading.share_pieces(k) for k in range(parts)]
+        extra = then(loading) if then is not None else None
     finally:
         loading.release()
     out["bytes_read"] = report["bytes_done"]
     out["chunk_bytes"] = report["chunk_bytes"]
+    return pairs, extra
+
+
+def _read_share(p: _Prepared, part: int, parts: int, out: dict) -> Tuple[List[torch.Tensor], List[list]]:
+    """Every tensor allocated, share ``part`` of ``parts`` read into them; and what each
+    share reads, as (tensor index, offset, length) runs."""
+    pairs, shares = _read(p, out, lambda loading: [loading.share_pieces(k) for k in range(parts)],
+                          share=(part, parts))
     return [t for _, t in pairs], shares
 
 
@@ -419,12 +430,6 @@ def _exchange_group(comm: _Comm, infos: List[dict], per_node: bool):
     return _NODE_GROUPS[key][1], members
 
 
-def _byte_view(t: torch.Tensor) -> torch.Tensor:
-    """A flat uint8 view of a contiguous tensor's bytes, whatever its dtype."""
-    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(
-        t.untyped_storage(), t.storage_offset() * t.element_size(), (t.nbytes,), (1,))
-
-
 class _Views:
     """Byte views of the tensors, made when first asked for."""
 
@@ -435,7 +440,7 @@ class _Views:
     def __getitem__(self, i: int) -> torch.Tensor:
         view = self._views.get(i)
         if view is None:
-            view = self._views[i] = _byte_view(self._tensors[i])
+            view = self._views[i] = byte_view(self._tensors[i])
         return view
 
 
@@ -519,13 +524,6 @@ def _exchange(tensors: List[torch.Tensor], shares, group, me: int, comm: _Comm, 
 
 # --- shard -------------------------------------------------------------------------
 
-def _torch_layout(name: str, dtype: str, shape: List[int], path: str = "") -> Tuple[torch.dtype, List[int]]:
-    """The torch dtype and sizes the loaders give this tensor (F4 packs two
-    values per element), or their UNSUPPORTED_DTYPE error: from the C++ torch
-    layer, so this module spells no dtype rule."""
-    return _C.torch_layout(name, dtype, list(shape), path)
-
-
 def _resolve_slices(p: _Prepared, shards: Mapping[str, ShardSpec], rank: int, world: int):
     """name -> (dim, start, stop) in the torch layout's units, from specs in the header's
     shape (what ``get_slice(name).get_shape()`` gives), clamped as Python and torch clamp
@@ -537,7 +535,9 @@ def _resolve_slices(p: _Prepared, shards: Mapping[str, ShardSpec], rank: int, wo
         if name not in infos:
             raise KeyError(f"shards names tensor '{name}', which the checkpoint does not hold")
         _, dtype, shape, _, _ = infos[name]
-        _, tshape = _torch_layout(name, dtype, shape)  # raises for a dtype torch lacks
+        # The torch sizes the loaders give it (F4 packs two values to a byte), from the C++
+        # torch layer, so this module spells no dtype rule; raises for a dtype torch lacks.
+        _, tshape = _C.torch_layout(name, dtype, list(shape), "")
         shape = list(shape)
         if callable(spec):
             spec = spec(rank, world, list(shape))
@@ -578,13 +578,5 @@ def _load_shards(p: _Prepared, comm: _Comm, out: dict) -> Dict[str, torch.Tensor
 
 def _read_shards(p: _Prepared, out: dict) -> Dict[str, torch.Tensor]:
     """This rank's slices and every other tensor whole, in one load."""
-    request = {name: p.slices.get(name) for name in p.names}
-    loading = _loading.start(p.checkpoint, p.device, request=request, **p.options)
-    try:
-        tensors = dict(loading.wait_all())
-        report = loading.report()
-    finally:
-        loading.release()
-    out["bytes_read"] = report["bytes_done"]
-    out["chunk_bytes"] = report["chunk_bytes"]
-    return tensors
+    pairs, _ = _read(p, out, request={name: p.slices.get(name) for name in p.names})
+    return dict(pairs)

@@ -19,11 +19,12 @@ What is read, and when:
   a read call more), then applies the index to that part in memory. Rows
   are one read; columns are one read per row.
 - Reading ahead: once the caller evidently wants most of the file (it has
-  read two whole tensors, read no part of one, and either listed the keys or
-  asked for at least half of the tensors; transformers asks for a slice of
-  every key, then reads them), every tensor not yet handed out is read in
-  the background, all destinations allocated first, in parallel, and later
-  requests wait for their own tensor only. The rule is
+  read no part of a tensor, and either listed the keys and asked for at
+  least half of the tensors, from its first whole read on: transformers asks
+  for a slice of every key, then reads them; or read two whole tensors after
+  listing the keys or asking for half of them), every tensor not yet handed
+  out is read in the background, all destinations allocated first, in
+  parallel, and later requests wait for their own tensor only. The rule is
   ``_C.read_ahead_pays`` (``fast::read_ahead_pays`` in C++);
   ``report()["read_ahead"]`` says whether it happened.
 - ``get_tensors()`` and ``prefetch(plan)`` read what they name in one load.
@@ -455,15 +456,16 @@ class safe_open:
         """``get_slice(name)[index]``: validated as torch validates it, then the cheapest range
         of one dimension that holds the selection is read and indexed."""
         f4 = dtype == "F4"
-        torch_dtype = torch.uint8 if f4 else None
-        if torch_dtype is None:
-            torch_dtype, _ = _C.torch_layout(name, dtype, list(shape), self._display)
+        # F4 is indexed in values, validated on bytes of the header's shape; the torch layout
+        # of F4 (which may refuse it) is asked only where a range is to be read.
+        torch_dtype, tshape = (torch.uint8, None) if f4 else _C.torch_layout(name, dtype, list(shape), self._display)
         # torch's own errors, from the shape alone, before anything is read.
         torch.empty(shape, dtype=torch_dtype, device="meta")[index]
         narrowing = _narrowing(index, shape)
         chosen = None
         if narrowing:
-            _, tshape = _C.torch_layout(name, dtype, list(shape), self._display)
+            if tshape is None:
+                _, tshape = _C.torch_layout(name, dtype, list(shape), self._display)
             _, _, begin, end = self._entries[name]
             candidates = []
             for _, dim, lo, hi, _ in narrowing:

@@ -315,7 +315,7 @@ PYBIND11_MODULE(_C, m) {
       .def("all_cached", [](const Checkpoint& c) {
         py::gil_scoped_release nogil;
         for (const Shard& s : c.shards()) {
-          if (!fast::CacheMap::of(s.file).cached(s.header.data_start(), s.header.data_length())) return false;
+          if (!fast::CacheMap::of(s.file).data_cached(s.header)) return false;
         }
         return true;
       }, "Whether the page cache holds every shard's data (sampled pages; may be stale at once).");

@@ -32,22 +32,13 @@ struct Buffers {
   std::vector<void*> ptrs;
 };
 
-// `count` kDirectIoAlign-aligned slots of `slot_bytes` each, as O_DIRECT needs.
-struct AlignedSlots {
-  AlignedSlots(std::uint64_t slot_bytes, std::size_t count) : memory(slot_bytes * count + kDirectIoAlign) {
-    const auto base = (reinterpret_cast<std::uintptr_t>(memory.data()) + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
-    for (std::size_t i = 0; i < count; ++i) ptrs.push_back(reinterpret_cast<void*>(base + i * slot_bytes));
-  }
-  std::vector<char> memory;
-  std::vector<void*> ptrs;
-};
-
 std::vector<std::string> reference_bytes(const File& file, const Header& h) {
   Buffers b(h);
   reference::read_tensors(file, h, b.ptrs);
   return b.storage;
 }
 
+using testing::AlignedSlots;
 using testing::DeferredTarget;
 
 // Every route of kReadRoutes against the file's own bytes (the data section

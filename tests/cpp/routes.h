@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 #include "deferred_target.h"
@@ -13,6 +12,17 @@
 #include "safeload/reference.h"
 
 namespace safeload::testing {
+
+// `count` kDirectIoAlign-aligned slots of `slot_bytes` each, as O_DIRECT needs.
+struct AlignedSlots {
+  AlignedSlots(std::uint64_t slot_bytes, std::size_t count) : memory(slot_bytes * count + kDirectIoAlign) {
+    const auto base = (reinterpret_cast<std::uintptr_t>(memory.data()) + kDirectIoAlign - 1) / kDirectIoAlign *
+                      kDirectIoAlign;
+    for (std::size_t i = 0; i < count; ++i) ptrs.push_back(reinterpret_cast<void*>(base + i * slot_bytes));
+  }
+  std::vector<char> memory;
+  std::vector<void*> ptrs;
+};
 
 // What a route read, beside the bytes, for checks the staged routes add.
 struct RouteRun {
@@ -37,13 +47,8 @@ inline RouteRun read_by_route(ReadRoute route, const File& file, const File* unc
   const bool bypass = route_bypasses_cache(route) && uncached != nullptr && uncached->is_open();
   const fast::Plan plan = fast::plan_reads(h, chunk);
   const std::vector<fast::Source> sources = {fast::Source{&file, bypass ? uncached : nullptr, nullptr}};
-  // Slots, kDirectIoAlign-aligned as O_DIRECT needs.
-  const std::uint64_t slot_bytes = fast::slot_bytes_for(plan.chunk_bytes, bypass);
-  std::unique_ptr<unsigned char[]> memory(new unsigned char[slot_bytes * slot_count + kDirectIoAlign]);
-  const auto base = (reinterpret_cast<std::uintptr_t>(memory.get()) + kDirectIoAlign - 1) /
-                    kDirectIoAlign * kDirectIoAlign;
-  std::vector<void*> slots;
-  for (std::size_t i = 0; i < slot_count; ++i) slots.push_back(reinterpret_cast<void*>(base + i * slot_bytes));
+  const AlignedSlots aligned(fast::slot_bytes_for(plan.chunk_bytes, bypass), slot_count);
+  const std::vector<void*>& slots = aligned.ptrs;
 
   switch (route) {
     case ReadRoute::kHostCached:

@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
                 entry["sha256"], entry["nbytes"] = digest(t)
             else:
                 entry["bytes_file"] = f"{i}.bin"
-                from safeload.conformance.worker import _byte_view
+                from safeload._bytes import byte_view
 
                 with open(os.path.join(req["out_dir"], f"{i}.bin"), "wb") as f:
                     if t.numel():
-                        f.write(_byte_view(t.contiguous()).cpu().numpy().tobytes())
+                        f.write(byte_view(t.contiguous()).cpu().numpy().tobytes())
             tensors.append(entry)
         write_message(out, {"ok": True, "tensors": tensors})
 

@@ -40,6 +40,8 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from safeload._bytes import byte_view
+
 Loader = Callable[[str, str], Mapping[str, Any]]
 
 # Named properties of returned tensors, checked on every valid case. The
@@ -168,17 +170,6 @@ def _file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _byte_view(t):
-    """A uint8 tensor over exactly the memory of contiguous tensor ``t``, on
-    its device: writes through it land in ``t``."""
-    import torch
-
-    n = t.numel() * t.element_size()
-    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(
-        t.untyped_storage(), t.storage_offset() * t.element_size(), (n,), (1,)
-    )
-
-
 _DIGEST_CHUNK = 64 << 20
 
 
@@ -193,7 +184,7 @@ def digest(t) -> tuple[str, int]:
     t = t.detach().reshape(-1)
     if not t.is_contiguous():
         t = t.contiguous()
-    view = _byte_view(t)
+    view = byte_view(t)
     n = view.numel()
     for start in range(0, n, _DIGEST_CHUNK):
         part = view[start:start + _DIGEST_CHUNK]
@@ -216,7 +207,7 @@ def _ownership(tensors: Mapping[str, Any], path: str, file_sha: str) -> dict[str
         if t.numel() == 0 or not t.is_contiguous():
             continue  # a non-contiguous tensor is reported by its own check
         try:
-            view = _byte_view(t.detach())
+            view = byte_view(t.detach())
             g = torch.Generator().manual_seed(0x5AFE + i)
             pattern = torch.randint(0, 256, (view.numel(),), dtype=torch.uint8, generator=g)
             view.copy_(pattern.to(view.device))
