@@ -13,8 +13,9 @@ import safeload
 
 
 def raw_bytes(t: torch.Tensor) -> bytes:
-    """The tensor's bytes in memory order (bit patterns, not values: NaNs compare)."""
-    t = t.contiguous()
+    """The tensor's bytes in row-major order, read on the CPU (bit patterns, not values:
+    NaNs compare)."""
+    t = t.detach().cpu().contiguous()
     return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 

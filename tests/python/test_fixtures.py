@@ -17,6 +17,7 @@ import torch
 
 import safeload
 import safeload.reference
+from helpers import raw_bytes
 from safeload.testing.writer import (
     DELETE,
     Layout,
@@ -48,13 +49,6 @@ def _generator():
     return module
 
 
-def raw_bytes(t: torch.Tensor) -> bytes:
-    t = t.contiguous()
-    n = t.numel() * t.element_size()
-    if n == 0:
-        return b""
-    view = torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage(), t.storage_offset() * t.element_size(), (n,), (1,))
-    return view.numpy().tobytes()
 
 
 def cases(prefix: str) -> list[str]:

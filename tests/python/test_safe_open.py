@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 import safeload
 from safeload.conformance import surfaces
 from safeload.testing.strategies import valid_files
+from helpers import raw_bytes
 
 safetensors = pytest.importorskip("safetensors")
 upstream_safe_open = safetensors.safe_open  # captured before any patch() can rebind it
@@ -26,15 +26,8 @@ CASES = json.load(open(os.path.join(ROOT, "manifest.json")))["cases"]
 TORCH_DTYPES = [d for d in safeload.DTYPES if not d.startswith("F6")]
 
 
-def raw(t: torch.Tensor) -> bytes:
-    if not t.numel():
-        return b""
-    flat = torch.empty(t.numel(), dtype=t.dtype).copy_(t.detach().cpu().reshape(-1))  # stride 1
-    return flat.view(torch.uint8).numpy().tobytes()
-
-
 def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape) and raw(a) == raw(b)
+    return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape) and raw_bytes(a) == raw_bytes(b)
 
 
 def same_order(ours, theirs, offsets) -> bool:
