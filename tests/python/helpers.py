@@ -15,8 +15,12 @@ import safeload
 def raw_bytes(t: torch.Tensor) -> bytes:
     """The tensor's bytes in row-major order, read on the CPU (bit patterns, not values:
     NaNs compare)."""
-    t = t.detach().cpu().contiguous()
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    if not t.numel():
+        return b""
+    # A copy into a fresh stride-1 buffer: a "contiguous" tensor may still have odd strides on
+    # dimensions of size 1 (an index with None or a step), which view() refuses.
+    flat = torch.empty(t.numel(), dtype=t.dtype).copy_(t.detach().cpu().reshape(-1))
+    return flat.view(torch.uint8).numpy().tobytes()
 
 
 def assert_same(loaded: dict, expected: dict) -> None:

@@ -166,6 +166,23 @@ def test_drawn_files_and_slices_match_upstream(case, data):
                         assert type(got[1]) is type(want[1]), (index, got[1], want[1])
 
 
+@pytest.mark.parametrize("index", [(0, slice(None, None, 2)), (slice(None, None, 3), 0), (None, 0, slice(1, None, 5))])
+def test_steps_over_dimensions_of_one_match_upstream(tmp_path, index):
+    """A result of one element along a stepped dimension keeps an odd stride there."""
+    from safetensors.torch import save_file
+
+    path = str(tmp_path / "one.safetensors")
+    save_file({"w": torch.tensor([[-5099]], dtype=torch.int16), "v": torch.arange(3, dtype=torch.int16)[None]},
+              path)
+    with upstream_safe_open(path, framework="pt") as up, safeload.safe_open(path, framework="pt") as ours:
+        for name in ("w", "v"):
+            want = outcome(lambda: up.get_slice(name)[index])
+            got = outcome(lambda: ours.get_slice(name)[index])
+            assert got[0] == want[0], (name, got, want)
+            if want[0] == "ok":
+                assert same_tensor(got[1], want[1]), name
+
+
 # -- behaviour -------------------------------------------------------------------
 
 @pytest.fixture
