@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 import pytest
 
@@ -118,7 +119,7 @@ def smallest_measurable_file(tmp_path_factory) -> str:
 def test_one_command_writes_table_json_and_chart(smallest_measurable_file, tmp_path, capsys):
     tiny_file = smallest_measurable_file
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
-    argv = [tiny_file, "--rounds", "1", "--condition", "warm", "--device", "cpu",
+    argv = [tiny_file, "--rounds", "1", "--condition", "warm", "--state", "resident", "--device", "cpu",
             "--json", str(out_json), "--no-progress", "--timeout", "120", "--settle", "0"]
     if report.plot_unavailable() is None:
         argv += ["--plot", str(out_png)]
@@ -389,3 +390,34 @@ def test_safe_open_bench_counts_what_each_caller_reads(tmp_path, capsys):
     assert len(set(expected.values())) == len(expected)
     print(partial.table(doc))
     assert "quarter of columns" in capsys.readouterr().out
+
+
+def test_warm_states_each_have_their_own_new_memory_probe(tiny_file):
+    """Beyond the resident state, a block times the loaders against the every-core first write
+    taken in the same state; the idle state's runs each wait the idle time, then take turns."""
+    doc = runner.run([tiny_file], devices=["cpu"], conditions=["warm"], rounds=1, loader_keys=["safeload-fast"],
+                     timeout=120, states=["freed", "idle"], idle=1.0)
+    blocks = {b["state"]: b for b in doc["results"]}
+    assert set(blocks) == {"freed", "idle"}
+    for block in blocks.values():
+        assert [r["key"] for r in block["rows"]] == ["safeload-fast", "fresh"]
+        assert all(r["status"] == "ok" for r in block["rows"]), block["rows"]
+        (way,) = block["rows"][1]["methods_gbps_median"]
+        assert way.startswith("memset x"), way
+        assert block["state_label"] in report.table(doc)
+    runs = sorted((r for rs in blocks["idle"]["runs"].values() for r in rs), key=lambda r: r["clock_started_at"])
+    assert len(runs) == 2
+    for r in runs:
+        assert r["clock_started_at"] - r["waiting_since"] >= 1.0
+    assert runs[1]["clock_started_at"] >= runs[0]["clock_stopped_at"]
+
+
+def test_a_gated_worker_starts_its_clock_only_when_let_go(tiny_file):
+    spec = {"kind": "loader", "key": "safeload-fast", "paths": [tiny_file], "device": "cpu", "condition": "warm",
+            "threads": None, "nbytes": os.path.getsize(tiny_file), "settle": 0.1, "gate": True}
+    proc = runner.start_worker(spec)
+    time.sleep(5.0)  # far longer than the worker's start and settle
+    let_go = time.time()
+    result = runner.finish_child(proc, 120)
+    assert "error" not in result, result
+    assert result["clock_started_at"] >= let_go

@@ -85,6 +85,8 @@ class Progress:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from safeload.bench.runner import DEFAULT_IDLE_SECONDS, STATES
+
     p = argparse.ArgumentParser(
         prog="safeload bench",
         description="Time every installed safetensors loader against the storage and memory "
@@ -104,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="target device, repeatable (default: cpu plus cuda and mps where present)")
     p.add_argument("--condition", action="append", choices=("cold", "warm"), default=None,
                    help="page-cache condition, repeatable (default: cold and warm)")
+    p.add_argument("--state", action="append", choices=tuple(STATES), default=None,
+                   help="process state a warm load is timed in, repeatable (default: all): resident "
+                        "(a fresh process), freed (one that just wrote and freed as many bytes as it "
+                        "loads), idle (one idle --idle seconds); each with its own new-memory probe")
+    p.add_argument("--idle", type=float, default=DEFAULT_IDLE_SECONDS,
+                   help="seconds the idle state waits before its load (default %(default)g: a host that pages "
+                        "out idle guest memory does so after about a minute)")
     p.add_argument("--loaders", default=None,
                    help="comma-separated loader keys to run (default: all; see --list)")
     p.add_argument("--threads", type=int, default=None,
@@ -215,6 +224,8 @@ def main(argv: list[str]) -> int:
         settle=args.settle,
         on_run=Progress(progress_on),
         interpreters=interpreters,
+        states=args.state or list(runner.STATES),
+        idle=args.idle,
     )
     print(report.table(doc))
     if args.json:

@@ -158,13 +158,16 @@ FRESH_METHODS = (
     ("memset, huge pages", None, True, False),
     ("populate", None, False, True),
 )
+#: The every-core first write alone: the probe taken in a process state, and the way a worker
+#: puts itself in the "just freed" state.
+EVERY_CORE = ("memset",)
 _MADV_POPULATE_WRITE = 23  # Linux 5.14
 
 
 def fresh_memory(nbytes: int, threads: int | None = None, settle: float = 0.0,
-                 rotate: int = 0) -> tuple[float, dict]:
-    """Obtain and write ``nbytes`` of new memory once per method of ``FRESH_METHODS``; return
-    (the fastest method's seconds, {"method xT": seconds}).
+                 rotate: int = 0, methods: tuple[str, ...] | None = None) -> tuple[float, dict]:
+    """Obtain and write ``nbytes`` of new memory once per method of ``FRESH_METHODS`` (those
+    named in ``methods``, when given); return (the fastest method's seconds, {"method xT": seconds}).
 
     Each method maps anonymous memory, writes every page in ``threads`` slices at once (one per
     core; "x1": one slice, to show whether new memory scales with threads here) and unmaps it:
@@ -181,8 +184,9 @@ def fresh_memory(nbytes: int, threads: int | None = None, settle: float = 0.0,
     libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     threads = threads or default_copy_threads()
     tried: dict = {}
-    shift = rotate % len(FRESH_METHODS)
-    for i, (name, n_threads, huge, populate) in enumerate(FRESH_METHODS[shift:] + FRESH_METHODS[:shift]):
+    chosen = [m for m in FRESH_METHODS if methods is None or m[0] in methods]
+    shift = rotate % len(chosen)
+    for i, (name, n_threads, huge, populate) in enumerate(chosen[shift:] + chosen[:shift]):
         if i and settle:
             time.sleep(settle)
         t = n_threads or threads

@@ -46,7 +46,8 @@ def table(doc: dict) -> str:
     for block in doc["results"]:
         limit = block["limit_gbps"]
         how = "evicted before each run" if block["condition"] == "cold" else "resident"
-        out += ["", f"device {block['device']}, {block['condition']} (page cache {how}); "
+        state = block.get("state_label", "a fresh process")
+        out += ["", f"device {block['device']}, {block['condition']} (page cache {how}), {state}; "
                 f"limit {'-' if limit is None else f'{limit:.2f} GB/s'}", header]
         for row in block["rows"]:
             name = row["label"]
@@ -134,7 +135,8 @@ def plot(doc: dict, path: str | os.PathLike) -> None:
         ax.set_xticklabels(names, fontsize=7, rotation=45, ha="right")
         ax.set_ylim(0, top * 1.15)
         ax.set_ylabel("GB/s (median; whiskers min-max)")
-        ax.set_title(f"{block['device']}, {block['condition']} page cache", fontsize=10)
+        state = "" if block.get("state", "resident") == "resident" else f", {block['state']} process"
+        ax.set_title(f"{block['device']}, {block['condition']} page cache{state}", fontsize=10)
         ax.legend(fontsize=7, loc="upper right")
     size = _gib(doc["total_bytes"])
     title = f"safeload bench: {size}, {doc['rounds']} rounds\n{describe_machine(doc)}"

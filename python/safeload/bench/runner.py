@@ -8,6 +8,11 @@ entries instead of landing on whichever ran last. Every run is a fresh worker pr
 Cold runs evict the files inside the worker, just before its clock starts. Warm runs find the
 files resident: the runner reads them through the page cache whenever ``mincore`` says they are
 not fully resident. Each run records the resident fraction it found.
+
+A warm load's cost is mostly the new memory it writes, and what new memory costs depends on
+what the process did just before (on a virtual machine whose host takes back freed and idle
+guest memory, by a factor of several). So warm runs are timed in the process states users
+have (``STATES``), each against a new-memory probe taken in the same state, in the same run.
 """
 from __future__ import annotations
 
@@ -25,6 +30,16 @@ from safeload.bench import cache, limits
 from safeload.bench.loaders import BY_KEY, LOADERS, file_checksum
 
 CONDITIONS = ("cold", "warm")
+#: The process states a warm load is timed in: what the worker does before its clock starts.
+STATES = {
+    "resident": "a fresh process, its files resident",
+    "freed": "a process that has just written and freed as many bytes as it loads",
+    "idle": "a process idle for {idle:g} s before its load",
+}
+#: Beyond "resident", the states time safeload's loaders and upstream's pread backend (the
+#: rows the targets compare) unless the caller names loaders: a state costs a run per entry.
+STATE_LOADERS = ("safeload-fast", "safeload-reference", "safetensors-pread")
+DEFAULT_IDLE_SECONDS = 60.0
 LIMIT_LABELS = {
     "storage": "storage limit: parallel O_DIRECT read",
     "memory": "memory limit: parallel memcpy",
@@ -47,8 +62,17 @@ class Entry:
         return self.kind != "loader"
 
 
-def limits_for(device: str, condition: str) -> list[str]:
-    """The limits a (device, condition) block is measured against."""
+def _make_resident(paths: list[str]) -> None:
+    for p in paths:
+        if (cache.resident_fraction(p) or 0.0) < 1.0:
+            cache.warm(p)
+
+
+def limits_for(device: str, condition: str, state: str = "resident") -> list[str]:
+    """The limits a (device, condition, state) block is measured against: beyond the resident
+    state, new memory only (what the state changes)."""
+    if state != "resident":
+        return ["fresh"] if device == "cpu" else []
     kinds = ["storage" if condition == "cold" else "memory"]
     if device == "cpu":
         kinds.append("fresh")  # CPU loaders return new host memory; device memory is not probed
@@ -81,15 +105,26 @@ def run_child(args: list[str], timeout: float | None = None, python: str | None 
     """Run ``python args...`` (this interpreter by default) in this package's environment, with
     ``env`` added to it; return the JSON object its last output line holds, or {"error": why}
     when it has none."""
-    cmd = [python or sys.executable, *args]
+    return finish_child(start_child(args, python, env), timeout, what)
+
+
+def start_child(args: list[str], python: str | None = None, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([python or sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**_worker_env(), **(env or {})})
+
+
+def finish_child(proc: subprocess.Popen, timeout: float | None = None, what: str = "worker") -> dict:
+    """Let ``proc`` go (a line on its stdin, which a gated worker waits for), wait for it, and
+    return the JSON object its last output line holds, or {"error": why}."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**_worker_env(), **(env or {})},
-                              timeout=timeout)
+        out, err = proc.communicate("go\n", timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    lines = [ln for ln in out.splitlines() if ln.strip()]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        tail = (err or out).strip().splitlines()[-3:]
         return {"error": f"{what} exited with status {proc.returncode}: {' | '.join(tail)}"}
     try:
         return json.loads(lines[-1])
@@ -97,8 +132,28 @@ def run_child(args: list[str], timeout: float | None = None, python: str | None 
         return {"error": f"{what} printed no result: {lines[-1][:200]}"}
 
 
+def start_worker(spec: dict, python: str | None = None) -> subprocess.Popen:
+    return start_child(["-m", "safeload.bench.worker", json.dumps(spec)], python)
+
+
 def run_worker(spec: dict, timeout: float | None = None, python: str | None = None) -> dict:
-    return run_child(["-m", "safeload.bench.worker", json.dumps(spec)], timeout, python)
+    return finish_child(start_worker(spec, python), timeout)
+
+
+def run_idle_round(specs: list[tuple[dict, str | None]], timeout: float | None, idle: float) -> list[dict]:
+    """The workers of one round of the idle state, started together: each sleeps ``idle``
+    seconds, then waits for its turn, so runs follow one another as in the other states while
+    the round costs one idle period, not one per entry. Returns their results in order."""
+    procs = []
+    try:
+        for spec, python in specs:
+            procs.append(start_worker(dict(spec, gate=True), python))
+        return [finish_child(proc, None if timeout is None else timeout + idle) for proc in procs]
+    finally:
+        for proc in procs:  # on an interrupt, none is left waiting for its turn
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 def loader_status(loader, device: str, interpreters: dict[str, str]) -> tuple[str | None, str | None, dict]:
@@ -281,38 +336,53 @@ def run(
     settle: float = 0.0,
     on_run: Callable[[int, int, str], None] | None = None,
     interpreters: dict[str, str] | None = None,
+    states: list[str] | tuple[str, ...] = ("resident",),
+    idle: float = DEFAULT_IDLE_SECONDS,
 ) -> dict:
     """Run the benchmark; return the JSON-ready results document. ``interpreters`` maps the
-    environments some loaders need (``Loader.env``) to a Python interpreter."""
+    environments some loaders need (``Loader.env``) to a Python interpreter. Warm runs are
+    timed in each of ``states`` (``STATES``); cold runs in a fresh process only."""
     keys = loader_keys or [l.key for l in LOADERS]
+    unknown = [s for s in states if s not in STATES]
+    if unknown:
+        raise ValueError(f"unknown process state(s) {unknown}; known: {', '.join(STATES)}")
     total_bytes = sum(os.path.getsize(p) for p in paths)
     expected = file_checksum(paths)
     storage_reason = next((r for r in (limits.odirect_unavailable(p) for p in paths) if r), None)
 
     blocks = []
     environments: dict[str, dict] = {}
-    for device in devices:
-        for condition in conditions:
-            entries = []
-            for key in keys:
-                loader = BY_KEY[key]
-                why, python, packages = loader_status(loader, device, interpreters or {})
-                entries.append(Entry("loader", key, loader.label, why, python=python))
-                if packages:
-                    environments[loader.env] = {"python": python, "packages": packages}
-            for kind in limits_for(device, condition):
-                reason = storage_reason if kind == "storage" else None
-                if kind == "h2d":
-                    reason = limits.h2d_unavailable(device)
-                entries.append(Entry(kind, kind, LIMIT_LABELS[kind], reason))
-            blocks.append((device, condition, entries))
+    for device, condition, state in ((d, c, s) for d in devices for c in conditions
+                                     for s in (states if c == "warm" else ("resident",))):
+        entries = []
+        for key in (keys if state == "resident" or loader_keys else [k for k in keys if k in STATE_LOADERS]):
+            loader = BY_KEY[key]
+            why, python, packages = loader_status(loader, device, interpreters or {})
+            entries.append(Entry("loader", key, loader.label, why, python=python))
+            if packages:
+                environments[loader.env] = {"python": python, "packages": packages}
+        for kind in limits_for(device, condition, state):
+            reason = storage_reason if kind == "storage" else None
+            if kind == "h2d":
+                reason = limits.h2d_unavailable(device)
+            entries.append(Entry(kind, kind, LIMIT_LABELS[kind], reason))
+        blocks.append((device, condition, state, entries))
 
     cpu_before = _cpu_seconds()
-    total_runs = rounds * sum(1 for _, _, es in blocks for e in es if not e.unavailable)
+    total_runs = rounds * sum(1 for *_, es in blocks for e in es if not e.unavailable)
     done = 0
     started = time.time()
-    for device, condition, entries in blocks:
+
+    def record(e: Entry, result: dict) -> None:
+        nonlocal done
+        if e.kind == "loader" and "checksum" in result and int(result["checksum"], 16) != expected:
+            result["wrong_bytes"] = True
+        e.runs.append(result)
+        done += 1
+
+    for device, condition, state, entries in blocks:
         runnable = [e for e in entries if not e.unavailable]
+        where = f"{device} {condition}" + ("" if state == "resident" else f", {state}")
         for r in range(rounds):
             # Each round starts one entry later than the one before: a run pays for the memory
             # the run before it freed (a host that reclaims guest memory is still busy with it),
@@ -320,26 +390,29 @@ def run(
             # entry every round. Rotated, each entry follows it at most once in len(runnable)
             # rounds, and the medians do not carry the order.
             shift = r % len(runnable) if runnable else 0
-            for e in runnable[shift:] + runnable[:shift]:
+            order = runnable[shift:] + runnable[:shift]
+            specs = [{"kind": e.kind, "key": e.key, "paths": paths, "device": device, "condition": condition,
+                      "state": state, "threads": threads, "nbytes": total_bytes,
+                      "settle": idle if state == "idle" else settle, "round": r} for e in order]
+            if condition == "warm" and state == "idle":
+                _make_resident(paths)
                 if on_run:
-                    on_run(done, total_runs, f"{device} {condition} {r + 1}/{rounds} {e.label}")
+                    on_run(done, total_runs, f"{where} {r + 1}/{rounds}: every entry idle {idle:g} s")
+                for e, result in zip(order, run_idle_round([(sp, e.python) for sp, e in zip(specs, order)],
+                                                           timeout, idle)):
+                    record(e, result)
+                continue
+            for e, spec in zip(order, specs):
+                if on_run:
+                    on_run(done, total_runs, f"{where} {r + 1}/{rounds} {e.label}")
                 if condition == "warm":
-                    for p in paths:
-                        if (cache.resident_fraction(p) or 0.0) < 1.0:
-                            cache.warm(p)
-                spec = {"kind": e.kind, "key": e.key, "paths": paths, "device": device,
-                        "condition": condition, "threads": threads, "nbytes": total_bytes,
-                        "settle": settle, "round": r}
-                result = run_worker(spec, timeout, e.python)
-                if e.kind == "loader" and "checksum" in result and int(result["checksum"], 16) != expected:
-                    result["wrong_bytes"] = True
-                e.runs.append(result)
-                done += 1
+                    _make_resident(paths)
+                record(e, run_worker(spec, timeout, e.python))
     if on_run:
         on_run(done, total_runs, "done")
 
     results = []
-    for device, condition, entries in blocks:
+    for device, condition, state, entries in blocks:
         rows = [summarize(e) for e in entries]
         limit_rows = [x for x in rows if x["kind"] != "loader" and "gbps_median" in x]
         limit = min((x["gbps_median"] for x in limit_rows), default=None)
@@ -354,6 +427,8 @@ def run(
         results.append({
             "device": device,
             "condition": condition,
+            "state": state,
+            "state_label": STATES[state].format(idle=idle),
             "limit_gbps": limit,
             "limit_kinds": [x["kind"] for x in limit_rows],
             "rows": rows,
@@ -386,6 +461,7 @@ def run(
                    "before it), and its growth over the RSS before the clock started",
             "order": "interleaved: every entry once per round, same order each round",
             "settle": f"{settle:g} s wait in each worker after the eviction, before its clock",
+            "states": {k: v.format(idle=idle) for k, v in STATES.items() if k in states},
         },
         "results": results,
     }

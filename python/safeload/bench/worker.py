@@ -9,9 +9,12 @@ object on the last line of stdout.
 
 SPEC fields: kind ("loader", "storage", "memory", "fresh", "h2d", or "check": whether a loader
 can run here), key (loader key), paths,
-device, condition ("cold" or "warm"), threads (or null), nbytes (for the limit probes), settle
-(seconds to wait after the eviction and before the clock, so that memory the previous run or
-the eviction freed is as idle as the rest of the machine's when the clock starts).
+device, condition ("cold" or "warm"), state (the process state, ``runner.STATES``: "freed"
+writes and frees nbytes of new memory just before the clock), threads (or null), nbytes (for
+the limit probes and the "freed" state), settle (seconds to wait after the eviction and before
+the clock, so that memory the previous run or the eviction freed is as idle as the rest of the
+machine's when the clock starts; the idle state's idle time), gate (then wait for a line on
+stdin after the settle: the runner's turn signal).
 """
 from __future__ import annotations
 
@@ -111,12 +114,18 @@ def run(spec: dict) -> dict:
     if spec.get("condition") == "cold":
         for p in paths:
             cache.evict(p)
+    result["waiting_since"] = time.time()
     if spec.get("settle"):
         time.sleep(spec["settle"])
+    if spec.get("gate"):  # started with others (the idle state): wait for this run's turn
+        sys.stdin.readline()
+    if spec.get("state") == "freed":  # the state: as many bytes as the load, just written and freed
+        limits.fresh_memory(spec["nbytes"], threads, methods=limits.EVERY_CORE)
     resident = [cache.resident_fraction(p) for p in paths]
     result["resident_before"] = None if None in resident or not resident else min(resident)
     rss_before = _current_rss_bytes()
     result["peak_reset"] = _reset_peak_rss()
+    result["clock_started_at"] = time.time()  # wall time, so runs can be shown not to overlap
 
     if kind == "loader":
         t0 = time.perf_counter()
@@ -141,14 +150,19 @@ def run(spec: dict) -> dict:
     elif kind == "memory":
         result.update(seconds=limits.memcpy(spec["nbytes"], threads), nbytes=spec["nbytes"])
     elif kind == "fresh":
-        seconds, tried = limits.fresh_memory(spec["nbytes"], threads, spec.get("settle") or 0.0,
-                                             rotate=spec.get("round", 0))
+        # In the resident state every way of obtaining memory is tried, the fastest counts; in
+        # the others, the first write from every core, once, so that it meets the state itself.
+        resident = spec.get("state", "resident") == "resident"
+        seconds, tried = limits.fresh_memory(spec["nbytes"], threads, (spec.get("settle") or 0.0) if resident else 0.0,
+                                             rotate=spec.get("round", 0),
+                                             methods=None if resident else limits.EVERY_CORE)
         result.update(seconds=seconds, nbytes=spec["nbytes"], methods=tried)
     elif kind == "h2d":
         result.update(seconds=limits.h2d(spec["nbytes"], device), nbytes=spec["nbytes"])
     else:
         raise ValueError(f"unknown run kind {kind!r}")
 
+    result["clock_stopped_at"] = time.time()
     result["rss_before_bytes"] = rss_before
     result["rss_peak_bytes"] = _peak_rss_bytes()
     return result
