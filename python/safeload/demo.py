@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
             print(f"\n(benchmark not available: {e})")
         else:
             _step("safeload bench (short run on the demo file, page cache warm, a fresh process per load)")
-            rc = bench_cli.main([path, "--rounds", "2", "--condition", "warm", "--state", "resident", "--no-progress",
+            rc = bench_cli.main([path, "--rounds", "5", "--condition", "warm", "--state", "resident", "--no-progress",
                                  "--loaders", "safeload-fast,safeload-reference,safetensors"])
             if rc != 0:
                 return rc
