@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except ExtensionMissing as e:  # every command but conform needs the compiled extension
         print(f"safeload {command}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback, and the shell's status for it
+        print(f"\nsafeload {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -180,6 +180,7 @@ def test_cold_block_measures_the_storage_limit_and_lists_missing_peers(monkeypat
     assert "ghost loader" in report.table(doc) and "not installed" in report.table(doc)
     assert rows["safetensors"]["status"] == "ok"
     assert rows["safetensors"]["resident_before_max"] < 0.5
+    assert "files resident" not in report.table(doc)  # a cold block's state does not claim them
     storage = rows["storage"]
     if storage["status"] == "ok":
         assert storage["nbytes"] == os.path.getsize(tiny_file)
@@ -421,3 +422,41 @@ def test_a_gated_worker_starts_its_clock_only_when_let_go(tiny_file):
     result = runner.finish_child(proc, 120)
     assert "error" not in result, result
     assert result["clock_started_at"] >= let_go
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="lists processes through /proc")
+def test_ctrl_c_ends_the_benchmark_and_its_waiting_workers(smallest_measurable_file):
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "safeload", "bench", smallest_measurable_file, "--rounds", "1", "--condition", "warm",
+           "--state", "idle", "--idle", "60", "--loaders", "safeload-fast", "--no-progress"]
+    # Started with SIGINT at its default whatever this process ignores, as from a terminal.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while len(_processes_naming(smallest_measurable_file)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the command and its two idle workers (the loader and the probe)
+        assert len(_processes_naming(smallest_measurable_file)) >= 3
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    time.sleep(0.5)
+    assert _processes_naming(smallest_measurable_file) == []

@@ -122,6 +122,10 @@ def finish_child(proc: subprocess.Popen, timeout: float | None = None, what: str
         proc.kill()
         proc.communicate()
         return {"error": f"timed out after {timeout:.0f} s"}
+    except BaseException:  # Ctrl-C: no worker outlives the benchmark
+        proc.kill()
+        proc.wait()
+        raise
     lines = [ln for ln in out.splitlines() if ln.strip()]
     if proc.returncode != 0 or not lines:
         tail = (err or out).strip().splitlines()[-3:]
@@ -428,7 +432,7 @@ def run(
             "device": device,
             "condition": condition,
             "state": state,
-            "state_label": STATES[state].format(idle=idle),
+            "state_label": STATES[state].format(idle=idle) if condition == "warm" else "a fresh process",
             "limit_gbps": limit,
             "limit_kinds": [x["kind"] for x in limit_rows],
             "rows": rows,
