@@ -460,3 +460,12 @@ def test_ctrl_c_ends_the_benchmark_and_its_waiting_workers(smallest_measurable_f
     assert "interrupted" in err and "Traceback" not in err
     time.sleep(0.5)
     assert _processes_naming(smallest_measurable_file) == []
+
+
+def test_results_name_paths_relative_to_the_working_or_home_directory(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert report.shown_path(str(tmp_path / "work" / "build" / "python")) == os.path.join("build", "python")
+    assert report.shown_path(str(tmp_path / "home" / ".cache" / "f")) == os.path.join("~", ".cache", "f")
+    assert report.shown_path(str(tmp_path / "other" / "f")) == str(tmp_path / "other" / "f")

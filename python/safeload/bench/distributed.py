@@ -123,10 +123,11 @@ def run(paths: List[str], ranks: int, *, device: str = "cpu", conditions=("cold"
 
     total = 0
     import safeload
+    from safeload.bench import report
 
     for p in paths:
         total += safeload.read_header(p)["data_length"]
-    doc = {"ranks": ranks, "device": device, "paths": paths, "bytes_total": total, "results": []}
+    doc = {"ranks": ranks, "device": device, "paths": [report.shown_path(p) for p in paths], "bytes_total": total, "results": []}
     for strategy in STRATEGIES:
         with tempfile.TemporaryDirectory(prefix="safeload-bench-ranks-") as out_dir:
             mp.start_processes(_rank_main, args=(ranks, _free_port(), paths, strategy, device, list(conditions),

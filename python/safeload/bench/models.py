@@ -469,7 +469,7 @@ def _run_child(spec: dict, timeout: float | None) -> dict:
 def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: list[str], rounds: int,
         settle: float, timeout: float | None, on_run=None, device: str = "cpu") -> dict:
     """Every (condition, round, shard count, way) in turn; the JSON-ready results document."""
-    from safeload.bench import cache, runner
+    from safeload.bench import cache, report, runner
     from safeload.bench.loaders import file_checksum
 
     family = next(iter(records.values()))["spec"].get("family", "llama")
@@ -541,7 +541,7 @@ def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: lis
                      "diffusers": _version("diffusers")},
         "model": {**first["spec"], "tensors": len(first["tensors"]), "tensor_bytes": first["total_size"],
                   "digest": first["digest"]},
-        "checkpoints": {str(n): {"dir": os.path.dirname(paths[n][0]),
+        "checkpoints": {str(n): {"dir": report.shown_path(os.path.dirname(paths[n][0])),
                                  "files": [{"path": os.path.basename(p), "bytes": os.path.getsize(p)}
                                            for p in paths[n]],
                                  "checksum": f"{expected[n]:016x}"} for n in counts},

@@ -135,7 +135,7 @@ def _expected_checksums(path: str, chosen: dict) -> dict:
 
 def run(path: str, *, conditions, rounds: int, settle: float, timeout: float, interpreters: dict,
         on_run=None) -> dict:
-    from safeload.bench import cache, runner
+    from safeload.bench import cache, report, runner
     from safeload.bench.loaders import _st_pread_unavailable
 
     chosen = targets(path)
@@ -187,7 +187,7 @@ def run(path: str, *, conditions, rounds: int, settle: float, timeout: float, in
             if reports:
                 row["report"] = reports[-1]
         rows.append(row)
-    return {"schema": "safeload-bench-safe-open/1", "path": path, "file_bytes": os.path.getsize(path),
+    return {"schema": "safeload-bench-safe-open/1", "path": report.shown_path(path), "file_bytes": os.path.getsize(path),
             "rounds": rounds, "settle": settle, "targets": chosen, "skipped": skipped,
             "machine": runner.machine(), "packages": runner.package_versions(), "rows": rows}
 

@@ -15,6 +15,17 @@ def _gib(n: int | None) -> str:
     return f"{n / _GIB:.2f} GiB"
 
 
+def shown_path(path: str) -> str:
+    """A path as results files record it: relative to the working directory when inside it,
+    from ``~`` when in the home directory, so a results file names no one's machine layout."""
+    full = os.path.abspath(path)
+    for base, shown in ((os.getcwd(), ""), (os.path.expanduser("~"), "~")):
+        if full == base or full.startswith(base.rstrip(os.sep) + os.sep):
+            rest = os.path.relpath(full, base)
+            return os.path.join(shown, rest) if shown else rest
+    return full
+
+
 def describe_machine(doc: dict) -> str:
     m, s = doc["machine"], doc.get("storage", {})
     mem = f", {m['memory_bytes'] / _GIB:.1f} GiB RAM" if m.get("memory_bytes") else ""

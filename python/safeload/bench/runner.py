@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Callable
 
-from safeload.bench import cache, limits
+from safeload.bench import cache, limits, report
 from safeload.bench.loaders import BY_KEY, LOADERS, file_checksum
 
 CONDITIONS = ("cold", "warm")
@@ -364,7 +364,7 @@ def run(
             why, python, packages = loader_status(loader, device, interpreters or {})
             entries.append(Entry("loader", key, loader.label, why, python=python))
             if packages:
-                environments[loader.env] = {"python": python, "packages": packages}
+                environments[loader.env] = {"python": report.shown_path(python), "packages": packages}
         for kind in limits_for(device, condition, state):
             reason = storage_reason if kind == "storage" else None
             if kind == "h2d":
