@@ -22,6 +22,7 @@ import torch
 import safeload
 from safeload import inspect as inspect_cmd
 from safeload.bench.model import Shapes, qwen3_tensors
+from safeload.conformance.worker import digest
 
 
 def qwen3_like_state_dict(layers: int = 2, hidden: int = 256, intermediate: int = 768,
@@ -34,11 +35,6 @@ def qwen3_like_state_dict(layers: int = 2, hidden: int = 256, intermediate: int 
             for name, shape in qwen3_tensors(shapes, layers)}
 
 
-def _raw(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous()
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
 def verify(name: str, loaded: dict, expected: dict) -> None:
     """Raises AssertionError naming the first difference."""
     assert set(loaded) == set(expected), f"{name}: tensor names differ: {sorted(set(loaded) ^ set(expected))[:5]}"
@@ -46,7 +42,7 @@ def verify(name: str, loaded: dict, expected: dict) -> None:
         got = loaded[key]
         assert got.dtype == want.dtype, f"{name}: {key}: dtype {got.dtype} != {want.dtype}"
         assert tuple(got.shape) == tuple(want.shape), f"{name}: {key}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-        assert _raw(got) == _raw(want), f"{name}: {key}: bytes differ"
+        assert digest(got) == digest(want), f"{name}: {key}: bytes differ"
 
 
 def _step(title: str) -> None:

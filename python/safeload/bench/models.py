@@ -158,11 +158,10 @@ class _SaveConfig:
 
 
 def digest(t) -> str:
-    """SHA-256 of a tensor's bytes, in memory order."""
-    import torch
+    """SHA-256 of a tensor's bytes in row-major order: the conformance harness's digest."""
+    from safeload.conformance.worker import digest as tensor_digest
 
-    raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return hashlib.sha256(raw).hexdigest()
+    return tensor_digest(t)[0]
 
 
 def split(sizes: list[int], n: int) -> list[tuple[int, int]]:
