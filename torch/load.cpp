@@ -24,14 +24,11 @@ bool all_cached(const std::vector<fast::CacheMap>& caches, const Checkpoint& che
   return true;
 }
 
-// Each shard's first tensor index in the checkpoint's file order (shard by shard).
+// Each shard's first tensor index in the checkpoint's file order (shard by
+// shard), then the tensor count: one more entry than there are shards.
 std::vector<std::size_t> first_indices(const Checkpoint& checkpoint) {
-  std::vector<std::size_t> first;
-  std::size_t n = 0;
-  for (const Shard& shard : checkpoint.shards()) {
-    first.push_back(n);
-    n += shard.header.tensors().size();
-  }
+  std::vector<std::size_t> first{0};
+  for (const Shard& shard : checkpoint.shards()) first.push_back(first.back() + shard.header.tensors().size());
   return first;
 }
 
@@ -57,7 +54,7 @@ class LoadState {
   c10::Device device;
   LoadOptions options;
   std::vector<const TensorInfo*> infos;   // every tensor, file order
-  std::vector<std::size_t> first;         // index in `infos` of each shard's first tensor
+  std::vector<std::size_t> first;         // first_indices(checkpoint): each shard's first index in `infos`, then their count
   std::vector<std::string_view> paths;    // the shard of each tensor
   std::vector<TensorRequest> request;     // per tensor
   std::vector<std::optional<fast::Selection>> selections;  // per tensor, in bytes; nullopt: not read
@@ -165,9 +162,7 @@ LoadRequest LoadRequest::of(const Checkpoint& checkpoint,
                             const std::vector<std::pair<std::string, TensorRequest>>& wanted) {
   LoadRequest r;
   const std::vector<std::size_t> first = first_indices(checkpoint);
-  std::size_t count = 0;
-  for (const Shard& shard : checkpoint.shards()) count += shard.header.tensors().size();
-  r.tensors.assign(count, TensorRequest::skip());
+  r.tensors.assign(first.back(), TensorRequest::skip());
   for (const auto& [name, request] : wanted) {
     const std::optional<std::size_t> i = index_of(checkpoint, first, name);
     SAFELOAD_CHECK(i.has_value(), ErrorCode::kInvalidArgument, "no tensor named '" + name + "' in the checkpoint");
@@ -195,10 +190,10 @@ std::unique_ptr<Loading> Loading::start(std::shared_ptr<const Checkpoint> checkp
   auto st = std::make_unique<LoadState>(std::move(checkpoint), device, options);
   const Checkpoint& cp = st->checkpoint;
 
+  st->first = first_indices(cp);
   std::vector<const Header*> headers;
   for (const Shard& shard : cp.shards()) {
     headers.push_back(&shard.header);
-    st->first.push_back(st->infos.size());
     for (const TensorInfo& t : shard.header.tensors()) {
       st->infos.push_back(&t);
       st->paths.push_back(shard.file.path());
