@@ -80,6 +80,8 @@ def shipped_way(key: str) -> str | None:
         if key.endswith(suffix):
             return key[:-len(suffix)]
     return None
+
+
 FAMILIES = ("llama", "diffusers")
 _FAMILY_LIBRARY = {"llama": "transformers", "diffusers": "diffusers"}
 BASELINE = "safeload-checkpoint"
