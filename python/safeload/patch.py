@@ -32,6 +32,20 @@ handles, ``load_file`` and ``load`` calls, and ``mapped``: the files served
 by upstream's mapping instead (below); :func:`calls` counts since the
 process started.
 
+Reading from the start: transformers' and diffusers' ``from_pretrained``
+(``PreTrainedModel`` and ``ModelMixin``, where loaded when the patch is
+applied) are wrapped too. Given a local directory whose checkpoint (the
+library's own file names: ``model.safetensors`` or its index;
+``diffusion_pytorch_model...``) is not wholly in the page cache, for the CPU
+(no ``device_map`` but ``"cpu"``) and with none of the options that read
+other files or read differently (``variant``, ``gguf_file``, ``state_dict``,
+``use_safetensors=False``, ``disable_mmap``, ``quantization_config``,
+``tp_plan``, ...), the wrapper starts reading the whole checkpoint at once,
+while the library builds the model, and the library's ``safe_open`` and
+``load_file`` calls take their files from that load
+(``safe_open.preloading``); what was not taken is freed when the call
+returns. Counted as ``preloaded``.
+
 Never slower than upstream: where the caller asked for a mapping (upstream's
 default ``backend="mmap"``), the tensors go to the CPU, and the page cache
 already holds the whole file, upstream's own ``safe_open``/``load_file``
@@ -95,6 +109,11 @@ def _make_replacements(originals: Dict[str, Any]) -> Dict[str, Any]:
 
     def load_file(filename, device="cpu", *, backend="mmap", **kwargs):
         """``safetensors.torch.load_file``, routed through ``safeload.load_file``."""
+        preloaded = _take_preloaded(filename, device, kwargs)
+        if preloaded is not None:
+            _count("load_file")
+            _count("tensors", len(preloaded))
+            return preloaded
         if _mapping_serves(filename, device, backend, kwargs):
             # What upstream's load_file does, on its own safe_open (not the patched name).
             with upstream_safe_open(filename, framework="pt", device=device, backend=backend) as f:
@@ -140,6 +159,121 @@ def _mapping_serves(filename, device, backend, kwargs: dict) -> bool:
     if serves:
         _count("mapped")
     return serves
+
+
+def _take_preloaded(filename, device, kwargs: dict) -> Optional[dict]:
+    """``load_file``'s tensors from a preload holding the file (see the module docstring), or
+    None."""
+    from safeload import _C, _loading
+    from safeload._device import device_string
+    from safeload.safe_open import _preloads, take_preloaded
+
+    if kwargs or not _preloads:
+        return None
+    try:
+        if device_string(device) != "cpu":
+            return None
+        checkpoint = _C.Checkpoint(_loading._sources([filename])[0], b"")
+    except (OSError, ValueError):  # the file is safeload.load_file's to report on
+        return None
+    return take_preloaded(checkpoint)
+
+
+#: The from_pretrained entries wrapped: (module, class, the checkpoint's one file, its index).
+_FROM_PRETRAINED = (
+    ("transformers.modeling_utils", "PreTrainedModel", "model.safetensors", "model.safetensors.index.json"),
+    ("diffusers.models.modeling_utils", "ModelMixin", "diffusion_pytorch_model.safetensors",
+     "diffusion_pytorch_model.safetensors.index.json"),
+)
+#: Arguments under which the library reads other files than the checkpoint's, reads it in
+#: another way, or puts tensors elsewhere than the CPU: no preload.
+_OTHER_READS = ("variant", "gguf_file", "state_dict", "from_tf", "from_flax", "disable_mmap", "quantization_config",
+                "tp_plan", "device_mesh", "offload_folder", "offload_state_dict", "key_mapping", "weights_only")
+
+
+def _preload_source(args: tuple, kwargs: dict, single: str, index: str) -> Optional[str]:
+    """The checkpoint a from_pretrained call loads, where it is a local one to preload (see the
+    module docstring): its index or its one file; else None."""
+    import os
+
+    path = kwargs.get("pretrained_model_name_or_path", args[0] if args else None)
+    if not isinstance(path, (str, os.PathLike)) or len(args) > 1:
+        return None
+    if any(kwargs.get(k) not in (None, False) for k in _OTHER_READS) or kwargs.get("use_safetensors") is False:
+        return None
+    device_map = kwargs.get("device_map")
+    if device_map is not None and str(device_map) != "cpu":
+        return None
+    directory = os.path.join(os.fspath(path), kwargs.get("subfolder") or "")
+    for name in (index, single):
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _reading_pays(checkpoint) -> bool:
+    """Whether the policy has safeload read ``checkpoint`` for the CPU rather than map it."""
+    from safeload import _C
+
+    return not _C.serve_by_mapping("mmap", True, checkpoint.all_cached())
+
+
+def _preload(source: Optional[str]):
+    """Starts the preload of ``source`` where it is not all in the page cache; returns its
+    withdraw function, or None."""
+    from safeload import _C, _loading
+    from safeload.safe_open import preloading
+
+    if source is None:
+        return None
+    try:
+        files, one = _loading._sources(source)
+        checkpoint = _C.Checkpoint(files, one)
+        if not _reading_pays(checkpoint):
+            return None
+        withdraw = preloading(checkpoint)
+    except (OSError, ValueError):  # the library reports on its checkpoint as it would unpatched
+        return None
+    _count("preloaded")
+    return withdraw
+
+
+def _wrap_from_pretrained(function, single: str, index: str):
+    import functools
+
+    @functools.wraps(function)
+    def from_pretrained(cls, *args, **kwargs):
+        withdraw = _preload(_preload_source(args, kwargs, single, index))
+        try:
+            return function(cls, *args, **kwargs)
+        finally:
+            if withdraw is not None:
+                withdraw()
+    from_pretrained.__safeload_patch__ = True
+    return from_pretrained
+
+
+# (class, the classmethod replaced), to put back at the undo.
+_restore_classes: List[Tuple[Any, Any]] = []
+
+
+def _wrap_classes() -> None:
+    import sys
+
+    for module_name, class_name, single, index in _FROM_PRETRAINED:
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        original = vars(cls).get("from_pretrained") if isinstance(cls, type) else None
+        if not isinstance(original, classmethod) or getattr(original.__func__, "__safeload_patch__", False):
+            continue
+        cls.from_pretrained = classmethod(_wrap_from_pretrained(original.__func__, single, index))
+        _restore_classes.append((cls, original))
+
+
+def _unwrap_classes() -> None:
+    for cls, original in reversed(_restore_classes):
+        cls.from_pretrained = original
+    _restore_classes.clear()
 
 
 def _capture_originals() -> Dict[str, Any]:
@@ -188,9 +322,11 @@ def _apply() -> None:
         _originals = _capture_originals()
         _replacements = _make_replacements(_originals)
     _swap({id(o): (o, _replacements[k]) for k, o in _originals.items()}, record=True)
+    _wrap_classes()
 
 
 def _undo() -> None:
+    _unwrap_classes()
     for namespace, attr, original in reversed(_restore):
         if namespace.get(attr) is _replacements.get(_route_of(original)):
             namespace[attr] = original

@@ -28,6 +28,10 @@ What is read, and when:
   ``_C.read_ahead_pays`` (``fast::read_ahead_pays`` in C++);
   ``report()["read_ahead"]`` says whether it happened.
 - ``get_tensors()`` and ``prefetch(plan)`` read what they name in one load.
+- A file a load already under way holds (``preloading``: ``safeload.patch()``
+  starts one when ``from_pretrained`` is called on a cold checkpoint) is not
+  read again: a CPU handle with no load options of its own takes its tensors
+  from that load, as from a read-ahead (``report()["preloaded"]``).
 
 Tensors handed out own their memory (safeload never maps the file); two
 requests for one name never return aliasing tensors (as upstream's
@@ -66,6 +70,94 @@ from safeload._errors import SafetensorError
 __all__ = ["safe_open", "SafeSlice", "TensorMeta", "PrefetchLoader"]
 
 TORCH_FRAMEWORKS = ("pt", "torch")
+
+
+class _SharedLoad:
+    """A CPU load several holders share: each ``release()`` gives up one hold, and the load is
+    released with the last. ``bytes_done(part)`` is ``part`` bytes' share of the bytes read."""
+
+    def __init__(self, loading: Any, total_bytes: int):
+        self._loading = loading
+        self._total = max(total_bytes, 1)
+        self._holds = 1
+        self._lock = threading.Lock()
+
+    def acquire(self) -> "_SharedLoad":
+        with self._lock:
+            if self._holds == 0:
+                raise RuntimeError("the shared load was released")
+            self._holds += 1
+        return self
+
+    def wait(self, name: str) -> torch.Tensor:
+        return self._loading.wait(name)
+
+    def report(self) -> dict:
+        return self._loading.report()
+
+    def bytes_done(self, part: int) -> int:
+        return self._loading.bytes_done() * part // self._total
+
+    def release(self) -> None:
+        with self._lock:
+            self._holds -= 1
+            last = self._holds == 0
+        if last:
+            self._loading.release()
+
+
+# Loads under way that files may be taken from: (device, inode, size, mtime ns) of the file
+# as its load holds it open -> (the load, the file's tensor names in file order, their bytes).
+_preloads_lock = threading.Lock()
+_preloads: Dict[Tuple[int, int, int, int], Tuple[_SharedLoad, List[str], int]] = {}
+
+
+def preloading(checkpoint: Any) -> Callable[[], None]:
+    """Starts loading every tensor of ``checkpoint`` (a ``_C.Checkpoint``) onto the CPU in the
+    background and offers its files to ``safe_open`` handles and :func:`take_preloaded`, which
+    take each file's tensors from this load instead of reading the file again. Returns the
+    function that withdraws the offer and gives up this hold: tensors nobody took are freed
+    once every handle that took the load's files is closed too."""
+    headers = checkpoint.headers()
+    sizes = [sum(end - begin for _, _, _, begin, end in h["tensors"]) for h in headers]
+    load = _SharedLoad(_loading.start(checkpoint, "cpu"), sum(sizes))
+    keys = checkpoint.identities()
+    with _preloads_lock:
+        for key, header, size in zip(keys, headers, sizes):
+            _preloads[tuple(key)] = (load, [t[0] for t in header["tensors"]], size)
+
+    def withdraw() -> None:
+        with _preloads_lock:
+            for key in keys:
+                if _preloads.get(tuple(key), (None,))[0] is load:
+                    del _preloads[tuple(key)]
+        load.release()
+    return withdraw
+
+
+def _preloaded(checkpoint: Any) -> Optional[Tuple[_SharedLoad, List[str], int]]:
+    """The preload holding the one file of ``checkpoint``, with a hold taken for the caller."""
+    if not _preloads:
+        return None
+    keys = checkpoint.identities()
+    with _preloads_lock:
+        entry = _preloads.get(tuple(keys[0])) if len(keys) == 1 else None
+        if entry is not None:
+            entry[0].acquire()
+    return entry
+
+
+def take_preloaded(checkpoint: Any) -> Optional[Dict[str, torch.Tensor]]:
+    """Every tensor of ``checkpoint``'s one file, in file order, from the preload holding it
+    (waiting for them), or None where none does. ``load_file`` under ``patch()`` uses it."""
+    entry = _preloaded(checkpoint)
+    if entry is None:
+        return None
+    load, names, _ = entry
+    try:
+        return {name: load.wait(name) for name in names}
+    finally:
+        load.release()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,8 +321,14 @@ class safe_open:
         self._partial_reads = 0
         self._listed_keys = False
         self._claimed: Set[str] = set()      # names read, or being read, on their own
-        self._ahead: Optional[Any] = None     # the read-ahead load (_C.Loading)
+        self._ahead: Optional[Any] = None     # the read-ahead load (_C.Loading or _SharedLoad)
         self._ahead_left: Set[str] = set()    # its tensors not handed out yet
+        self._ahead_part: Optional[int] = None  # of a preload: this file's bytes
+        if self._device == "cpu" and set(self._options) == {"backend"}:
+            preload = _preloaded(self._checkpoint)
+            if preload is not None:
+                self._ahead, names, self._ahead_part = preload
+                self._ahead_left = set(names)
         self._bytes_read = 0
         self._reads = 0
         self._served = 0
@@ -335,7 +433,7 @@ class safe_open:
             ahead, self._ahead = self._ahead, None
             self._ahead_left = set()
         if ahead is not None:
-            self._bytes_read += ahead.bytes_done()
+            self._bytes_read += self._ahead_bytes(ahead)
             ahead.release()
         self._checkpoint = None
 
@@ -352,10 +450,14 @@ class safe_open:
             ahead = self._ahead
             out = {"tensors_served": self._served, "reads": self._reads, "read_ahead": ahead is not None,
                    "bytes_read": self._bytes_read}
+        out["preloaded"] = self._ahead_part is not None
         if ahead is not None:
             out["read_ahead_report"] = ahead.report()
-            out["bytes_read"] += ahead.bytes_done()
+            out["bytes_read"] += self._ahead_bytes(ahead)
         return out
+
+    def _ahead_bytes(self, ahead: Any) -> int:
+        return ahead.bytes_done() if self._ahead_part is None else ahead.bytes_done(self._ahead_part)
 
     def __del__(self):
         try:

@@ -12,6 +12,8 @@
 #include "safeload/options.h"
 #include "safeload/torch.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <array>
 #include <optional>
@@ -312,6 +314,17 @@ PYBIND11_MODULE(_C, m) {
         for (const Shard& s : c.shards()) out.append(header_to_dict(s.header));
         return out;
       }, "Each shard's validated header, as read_header gives it.")
+      .def("identities", [](const Checkpoint& c) {
+        py::list out;
+        for (const Shard& s : c.shards()) {
+          struct stat st {};
+          if (::fstat(s.file.fd(), &st) != 0) throw Error(ErrorCode::kIo, "cannot stat '" + s.file.path() + "'", errno);
+          out.append(py::make_tuple(st.st_dev, st.st_ino, st.st_size,
+                                    static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec));
+        }
+        return out;
+      }, "Each shard's (device, inode, size, modification time in ns) of the file it holds open: two "
+         "checkpoints read the same files where these agree.")
       .def("all_cached", [](const Checkpoint& c) {
         py::gil_scoped_release nogil;
         for (const Shard& s : c.shards()) {

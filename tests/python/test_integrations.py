@@ -13,20 +13,29 @@ import torch
 import safeload
 
 
-@pytest.fixture(params=["read", "mapped"])
+@pytest.fixture(params=["read", "preloaded", "mapped"])
 def serving(request, monkeypatch):
     """How the patch serves the files: "read" by safeload (the mapping decision made to say
-    no, as for a cold file); "mapped" as decided (the files were just written: warm)."""
-    if request.param == "read":
-        monkeypatch.setattr(sys.modules["safeload.patch"], "_mapping_serves", lambda *args: False)
+    no, as for a cold file); "preloaded" the same, and from_pretrained's checkpoint read from
+    the start (the residency check made to say cold); "mapped" as decided (the files were
+    just written: warm)."""
+    patching = sys.modules["safeload.patch"]
+    if request.param in ("read", "preloaded"):
+        monkeypatch.setattr(patching, "_mapping_serves", lambda *args: False)
+    if request.param == "preloaded":
+        monkeypatch.setattr(patching, "_reading_pays", lambda checkpoint: True)
     return request.param
 
 
-def check_served(calls: dict, files: int, serving: str, at_least: bool = False) -> None:
-    """Every file went through the patch, read by safeload or mapped, as ``serving`` says."""
+def check_served(calls: dict, files: int, serving: str, at_least: bool = False, preloads: int = 1) -> None:
+    """Every file went through the patch, read by safeload or mapped, as ``serving`` says; with
+    "preloaded", from ``preloads`` preloads (one per from_pretrained call), and nothing left
+    offered after."""
     read = calls.get("load_file", 0) + calls.get("safe_open", 0)
-    served, other = (read, calls.get("mapped", 0)) if serving == "read" else (calls.get("mapped", 0), read)
+    served, other = (calls.get("mapped", 0), read) if serving == "mapped" else (read, calls.get("mapped", 0))
     assert (served >= files if at_least else served == files) and other == 0, calls
+    assert calls.get("preloaded", 0) == (preloads if serving == "preloaded" else 0), calls
+    assert not sys.modules["safeload.safe_open"]._preloads
 
 
 def same_state(a: dict, b: dict) -> None:
@@ -55,7 +64,7 @@ def test_transformers_llama_sharded(tmp_path, tied, serving):
     with safeload.patch() as p:
         routed = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu").eval()
     check_served(p.calls, len(shards), serving)
-    if serving == "read":
+    if serving != "mapped":
         assert p.calls.get("tensors", 0) >= len(routed.state_dict()) - (1 if tied else 0)
     same_state(routed.state_dict(), plain.state_dict())
     same_state(routed.state_dict(), model.state_dict())
@@ -130,6 +139,7 @@ def test_accelerate_load_checkpoint_in_model(tmp_path, serving):
     with safeload.patch() as p:
         routed = fresh()
         load_checkpoint_in_model(routed, str(index), device_map={"": "cpu"})
-    check_served(p.calls, len(list(tmp_path.glob("*.safetensors"))), serving, at_least=True)
+    # Not through from_pretrained: nothing is preloaded.
+    check_served(p.calls, len(list(tmp_path.glob("*.safetensors"))), serving, at_least=True, preloads=0)
     same_state(routed.state_dict(), plain.state_dict())
     same_state(routed.state_dict(), source.state_dict())

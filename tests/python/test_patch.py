@@ -179,3 +179,104 @@ def test_environment_variable_through_pth(tmp_path, value, patched):
     first, second = out.stdout.split("\n")[:2]
     assert first == "False False"  # the hook imports neither torch nor safeload at start
     assert second.endswith("True" if patched else "False"), out.stdout + out.stderr
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar"))
+
+
+@pytest.fixture
+def cold(monkeypatch):
+    """The patch's residency checks made to say cold: safeload reads every file, and
+    from_pretrained's checkpoint is preloaded."""
+    monkeypatch.setattr(patching, "_mapping_serves", lambda *args: False)
+    monkeypatch.setattr(patching, "_reading_pays", lambda checkpoint: True)
+    yield
+    safeload.unpatch()
+
+
+def _check_read_once(tmp_path, load, state: dict) -> dict:
+    """Runs ``load`` under patch(); every shard's bytes passed through read calls once (the
+    kernel's count: a handle that read its file again would double it), the result is the
+    writer's ``state``, and the preload is gone after. Returns the patch's calls."""
+    files = sum(p.stat().st_size for p in tmp_path.rglob("*.safetensors"))
+    before = _rchar()
+    with safeload.patch() as p:
+        loaded = load()
+    read = _rchar() - before
+    assert files <= read < files * 1.3, f"read {read} bytes through read calls for {files} bytes of shards"
+    got = loaded.state_dict()
+    assert list(got) == list(state)
+    assert all(torch.equal(got[k], state[k]) for k in state)
+    assert not sys.modules["safeload.safe_open"]._preloads
+    return p.calls
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")
+def test_from_pretrained_reads_a_cold_checkpoint_once_from_the_start(tmp_path, cold):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=4000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(tmp_path, max_shard_size="1MB")
+    shards = list(tmp_path.glob("*.safetensors"))
+    assert len(shards) > 2
+    calls = _check_read_once(tmp_path, lambda: transformers.AutoModelForCausalLM.from_pretrained(tmp_path),
+                             model.state_dict())
+    assert calls["preloaded"] == 1 and calls["safe_open"] == len(shards), calls
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")
+def test_diffusers_from_pretrained_reads_a_cold_checkpoint_once_from_the_start(tmp_path, cold):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    model = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                  block_out_channels=(64, 128), norm_num_groups=8,
+                                  down_block_types=("DownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "UpBlock2D"))
+    model.save_pretrained(tmp_path / "unet", max_shard_size="1MB")
+    shards = list(tmp_path.rglob("*.safetensors"))
+    assert len(shards) > 2
+    calls = _check_read_once(tmp_path, lambda: diffusers.UNet2DModel.from_pretrained(tmp_path, subfolder="unet"),
+                             model.state_dict())
+    assert calls["preloaded"] == 1 and calls["load_file"] == len(shards), calls
+
+
+def test_which_from_pretrained_calls_are_preloaded(tmp_path):
+    """A local checkpoint under the library's own names, for the CPU, read as usual; nothing
+    for a hub name, another device, a variant or other files."""
+    single, index = "model.safetensors", "model.safetensors.index.json"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / single).write_bytes(b"")
+    (tmp_path / "sub" / index).write_bytes(b"")
+    (tmp_path / "sub" / single).write_bytes(b"")
+
+    def source(*args, **kwargs):
+        return patching._preload_source(args, kwargs, single, index)
+
+    assert source(tmp_path) == str(tmp_path / single)
+    assert source(str(tmp_path), subfolder="sub", device_map="cpu") == str(tmp_path / "sub" / index)
+    assert source(pretrained_model_name_or_path=tmp_path, dtype=torch.bfloat16) == str(tmp_path / single)
+    assert source(tmp_path, device_map=torch.device("cpu")) == str(tmp_path / single)
+    for kwargs in ({"device_map": "cuda"}, {"device_map": "auto"}, {"variant": "fp16"}, {"gguf_file": "m.gguf"},
+                   {"use_safetensors": False}, {"disable_mmap": True}, {"state_dict": {}}, {"subfolder": "none"}):
+        assert source(tmp_path, **kwargs) is None, kwargs
+    assert source("org/model") is None  # a hub name: not a local directory
+    assert source(tmp_path, None) is None  # more positional arguments than a path
+
+
+def test_a_preload_is_withdrawn_when_from_pretrained_raises(tmp_path, cold):
+    tensors = {"w": torch.arange(1000, dtype=torch.float32)}
+    safetensors.torch.save_file(tensors, str(tmp_path / "model.safetensors"))
+    preloads = sys.modules["safeload.safe_open"]._preloads
+
+    def fails(cls, path):
+        assert len(preloads) == 1, "preloaded while the library builds the model"
+        raise KeyboardInterrupt
+
+    wrapped = patching._wrap_from_pretrained(fails, "model.safetensors", "model.safetensors.index.json")
+    with pytest.raises(KeyboardInterrupt):
+        wrapped(object, str(tmp_path))
+    assert not preloads

@@ -361,3 +361,41 @@ def test_report_counts_what_was_served(small):
         report = f.report()
     assert report["tensors_served"] == 2 and report["reads"] == 2 and report["read_ahead"] is False
     assert report["bytes_read"] == tensors["w"].nbytes + 2 * 2
+
+
+def test_a_handle_takes_its_file_from_a_preload_of_that_file_only(tmp_path):
+    """A CPU handle without load options, on a file a preload holds open, takes its tensors
+    from that load; a handle with options of its own, or on a file replaced since the preload
+    opened it, reads its file."""
+    from safetensors.torch import save_file
+
+    from safeload import _C
+    from safeload.safe_open import _preloads, preloading
+
+    first = {"a": torch.arange(24, dtype=torch.float32).reshape(4, 6), "b": torch.ones(5, dtype=torch.bfloat16)}
+    second = {"c": torch.arange(7, dtype=torch.int64)}
+    one, two = str(tmp_path / "m-1.safetensors"), str(tmp_path / "m-2.safetensors")
+    save_file(first, one)
+    save_file(second, two)
+    withdraw = preloading(_C.Checkpoint([one.encode(), two.encode()], b""))
+    try:
+        with safeload.safe_open(one, "pt", backend="mmap") as f:
+            assert f.report()["preloaded"]
+            assert same_tensor(f.get_slice("a")[1:3], first["a"][1:3])
+            assert same_tensor(f.get_tensor("b"), first["b"])
+        with safeload.safe_open(one, "pt", threads=1) as f:
+            assert not f.report()["preloaded"]
+            assert same_tensor(f.get_tensor("a"), first["a"])
+        os.remove(two)
+        replaced = {"c": torch.full((7,), 9, dtype=torch.int64)}
+        save_file(replaced, two)
+        with safeload.safe_open(two, "pt") as f:
+            assert not f.report()["preloaded"]
+            assert same_tensor(f.get_tensor("c"), replaced["c"])
+        held = safeload.safe_open(one, "pt")
+    finally:
+        withdraw()
+    assert not _preloads
+    # A handle that took the load keeps its tensors after the offer is withdrawn.
+    assert same_tensor(held.get_tensor("a"), first["a"])
+    held.close()
