@@ -10,7 +10,10 @@ environment lookup.
 :func:`install` imports nothing heavy either: it adds an import hook that
 waits for ``safetensors.torch`` to be imported (by transformers, diffusers,
 accelerate, or the user) and then calls ``safeload.patch()``. A process that
-never loads safetensors for torch never imports safeload.
+never loads safetensors for torch never imports safeload. The same hook
+sees transformers' and diffusers' model modules finish importing (they
+import safetensors while they run, before they define ``from_pretrained``)
+and has the patch wrap their ``from_pretrained`` then.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import sys
 
 OFF = ("", "0", "false", "no", "off")
 TRIGGER = "safetensors.torch"
+#: Modules whose ``from_pretrained`` the patch wraps (safeload.patch._FROM_PRETRAINED).
+WATCHED = ("transformers.modeling_utils", "diffusers.models.modeling_utils")
 
 
 def enabled(environ=None) -> bool:
@@ -38,38 +43,40 @@ def _activate() -> None:
               file=sys.stderr)
 
 
+def _wrap_from_pretrained() -> None:
+    patching = sys.modules.get("safeload.patch")
+    if patching is not None and patching.is_patched():
+        patching._wrap_classes()
+
+
 class _Hook:
-    """A meta-path finder that only watches for ``safetensors.torch``: it
-    finds the module the normal way and patches once it has run."""
+    """A meta-path finder that only watches for ``safetensors.torch`` and the
+    WATCHED modules: it finds each the normal way and, once it has run,
+    patches (``safetensors.torch``) or has the patch wrap what it defined."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TRIGGER:
+        if fullname != TRIGGER and fullname not in WATCHED:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         run = spec.loader.exec_module
-        hook = self
 
         def exec_module(module):
             run(module)
-            hook.remove()
-            _activate()
+            if fullname == TRIGGER:
+                _activate()
+            else:
+                _wrap_from_pretrained()
 
         spec.loader.exec_module = exec_module
         return spec
 
-    def remove(self) -> None:
-        try:
-            sys.meta_path.remove(self)
-        except ValueError:
-            pass
 
 
 def install() -> None:
     """Patches now if ``safetensors.torch`` is already imported, else when it is."""
     if TRIGGER in sys.modules:
         _activate()
-        return
     if not any(isinstance(f, _Hook) for f in sys.meta_path):
         sys.meta_path.insert(0, _Hook())

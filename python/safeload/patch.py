@@ -33,8 +33,8 @@ by upstream's mapping instead (below); :func:`calls` counts since the
 process started.
 
 Reading from the start: transformers' and diffusers' ``from_pretrained``
-(``PreTrainedModel`` and ``ModelMixin``, where loaded when the patch is
-applied) are wrapped too. Given a local directory whose checkpoint (the
+(``PreTrainedModel`` and ``ModelMixin``, now or when their modules are
+imported while the patch is in force) are wrapped too. Given a local directory whose checkpoint (the
 library's own file names: ``model.safetensors`` or its index;
 ``diffusion_pytorch_model...``) is not wholly in the page cache, for the CPU
 (no ``device_map`` but ``"cpu"``) and with none of the options that read
@@ -258,9 +258,34 @@ def _wrap_from_pretrained(function, single: str, index: str):
 _restore_classes: List[Tuple[Any, Any]] = []
 
 
+class _WrapOnImport:
+    """A meta-path finder that wraps a library's ``from_pretrained`` when its module is imported
+    while a patch is in force (``SAFELOAD_PATCH=1`` patches before transformers has defined it)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        import importlib.machinery
+
+        if fullname not in {entry[0] for entry in _FROM_PRETRAINED}:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            if _depth > 0:
+                _wrap_classes()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 def _wrap_classes() -> None:
     import sys
 
+    if not any(isinstance(f, _WrapOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _WrapOnImport())
     for module_name, class_name, single, index in _FROM_PRETRAINED:
         cls = getattr(sys.modules.get(module_name), class_name, None)
         original = vars(cls).get("from_pretrained") if isinstance(cls, type) else None
@@ -271,6 +296,9 @@ def _wrap_classes() -> None:
 
 
 def _unwrap_classes() -> None:
+    import sys
+
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _WrapOnImport)]
     for cls, original in reversed(_restore_classes):
         cls.from_pretrained = original
     _restore_classes.clear()

@@ -181,6 +181,29 @@ def test_environment_variable_through_pth(tmp_path, value, patched):
     assert second.endswith("True" if patched else "False"), out.stdout + out.stderr
 
 
+WRAPPED_CHILD = """
+import site, sys
+site.addsitedir(sys.argv[1])
+import transformers.modeling_utils as m  # imports safetensors.torch before it defines PreTrainedModel
+print(getattr(m.PreTrainedModel.from_pretrained.__func__, "__safeload_patch__", False))
+"""
+
+
+def test_environment_variable_wraps_from_pretrained(tmp_path):
+    """SAFELOAD_PATCH=1 patches while transformers' model module runs, before it defines
+    from_pretrained: the hook has the patch wrap it once the module is done."""
+    pytest.importorskip("transformers")
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "safeload-autopatch.pth").write_text(open(PTH).read())
+    env = dict(os.environ, SAFELOAD_PATCH="1",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(safeload.__file__))] + sys.path))
+    out = subprocess.run([sys.executable, "-c", WRAPPED_CHILD, str(site_dir)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"], out.stdout + out.stderr
+
+
 def _rchar() -> int:
     with open("/proc/self/io") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("rchar"))
