@@ -303,3 +303,22 @@ def test_a_preload_is_withdrawn_when_from_pretrained_raises(tmp_path, cold):
     with pytest.raises(KeyboardInterrupt):
         wrapped(object, str(tmp_path))
     assert not preloads
+
+
+def test_the_packages_left_unscanned(saved):
+    """The scan leaves out the standard library and torch, numpy, sympy and mpmath (none binds
+    safetensors' names); every other module is patched, ``__main__`` too."""
+    assert "__main__" not in patching.UNSCANNED and "transformers" not in patching.UNSCANNED
+    unscanned = types.ModuleType("torch.safeload_test_unscanned")
+    scanned = types.ModuleType("torchlike_safeload_test")
+    for module in (unscanned, scanned):
+        module.safe_open = safetensors.safe_open
+        sys.modules[module.__name__] = module
+    try:
+        with safeload.patch():
+            assert scanned.safe_open is safetensors.safe_open is not ORIGINAL["safe_open"]
+            assert unscanned.safe_open is ORIGINAL["safe_open"]
+        assert scanned.safe_open is ORIGINAL["safe_open"]
+    finally:
+        for module in (unscanned, scanned):
+            sys.modules.pop(module.__name__, None)
