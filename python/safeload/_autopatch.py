@@ -49,13 +49,18 @@ def _wrap_from_pretrained() -> None:
         patching._wrap_classes()
 
 
-class _Hook:
-    """A meta-path finder that only watches for ``safetensors.torch`` and the
-    WATCHED modules: it finds each the normal way and, once it has run,
-    patches (``safetensors.torch``) or has the patch wrap what it defined."""
+class AfterImport:
+    """A meta-path finder for the modules named in ``callbacks`` only: it finds
+    each the normal way and calls its callback once the module has run.
+    ``owner`` tells whose finder it is."""
+
+    def __init__(self, callbacks, owner: str):
+        self.callbacks = dict(callbacks)
+        self.owner = owner
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TRIGGER and fullname not in WATCHED:
+        callback = self.callbacks.get(fullname)
+        if callback is None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
@@ -64,19 +69,21 @@ class _Hook:
 
         def exec_module(module):
             run(module)
-            if fullname == TRIGGER:
-                _activate()
-            else:
-                _wrap_from_pretrained()
+            callback()
 
         spec.loader.exec_module = exec_module
         return spec
 
+
+def installed(owner: str) -> bool:
+    """Whether ``owner``'s finder is on ``sys.meta_path``."""
+    return any(getattr(f, "owner", None) == owner for f in sys.meta_path)
 
 
 def install() -> None:
     """Patches now if ``safetensors.torch`` is already imported, else when it is."""
     if TRIGGER in sys.modules:
         _activate()
-    if not any(isinstance(f, _Hook) for f in sys.meta_path):
-        sys.meta_path.insert(0, _Hook())
+    if not installed(__name__):
+        callbacks = {TRIGGER: _activate, **{name: _wrap_from_pretrained for name in WATCHED}}
+        sys.meta_path.insert(0, AfterImport(callbacks, __name__))

@@ -15,7 +15,8 @@ are found by scanning ``sys.modules`` for attributes that *are* the original
 objects, and patched too. The modules of the standard library and of torch,
 numpy, sympy and mpmath are not scanned (``UNSCANNED``): they bind none of
 these names (torch imports safetensors inside the functions that use it),
-and they are four in five of the modules transformers loads. ``unpatch()`` restores every such attribute, and
+and they are four in five of the modules transformers loads.
+``unpatch()`` restores every such attribute, and
 every attribute that was bound to a safeload replacement while the patch was
 in force (modules imported during the patch), to the original object.
 
@@ -37,9 +38,10 @@ process started.
 
 Reading from the start: transformers' and diffusers' ``from_pretrained``
 (``PreTrainedModel`` and ``ModelMixin``, now or when their modules are
-imported while the patch is in force) are wrapped too. Given a local directory whose checkpoint (the
-library's own file names: ``model.safetensors`` or its index;
-``diffusion_pytorch_model...``) is not wholly in the page cache, for the CPU
+imported while the patch is in force) are wrapped too. Given a local
+directory whose checkpoint (the library's own file names:
+``model.safetensors`` or its index; ``diffusion_pytorch_model...``) is not
+wholly in the page cache, for the CPU
 (no ``device_map`` but ``"cpu"``) and with none of the options that read
 other files or read differently (``variant``, ``gguf_file``, ``state_dict``,
 ``use_safetensors=False``, ``disable_mmap``, ``quantization_config``,
@@ -261,34 +263,14 @@ def _wrap_from_pretrained(function, single: str, index: str):
 _restore_classes: List[Tuple[Any, Any]] = []
 
 
-class _WrapOnImport:
-    """A meta-path finder that wraps a library's ``from_pretrained`` when its module is imported
-    while a patch is in force (``SAFELOAD_PATCH=1`` patches before transformers has defined it)."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        import importlib.machinery
-
-        if fullname not in {entry[0] for entry in _FROM_PRETRAINED}:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            if _depth > 0:
-                _wrap_classes()
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
 def _wrap_classes() -> None:
     import sys
 
-    if not any(isinstance(f, _WrapOnImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _WrapOnImport())
+    from safeload import _autopatch
+
+    if not _autopatch.installed(__name__):  # modules imported while patched: wrapped then
+        modules = {entry[0]: _wrap_if_patched for entry in _FROM_PRETRAINED}
+        sys.meta_path.insert(0, _autopatch.AfterImport(modules, __name__))
     for module_name, class_name, single, index in _FROM_PRETRAINED:
         cls = getattr(sys.modules.get(module_name), class_name, None)
         original = vars(cls).get("from_pretrained") if isinstance(cls, type) else None
@@ -298,10 +280,15 @@ def _wrap_classes() -> None:
         _restore_classes.append((cls, original))
 
 
+def _wrap_if_patched() -> None:
+    if _depth > 0:
+        _wrap_classes()
+
+
 def _unwrap_classes() -> None:
     import sys
 
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _WrapOnImport)]
+    sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "owner", None) != __name__]
     for cls, original in reversed(_restore_classes):
         cls.from_pretrained = original
     _restore_classes.clear()

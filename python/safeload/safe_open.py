@@ -115,7 +115,7 @@ _preloads: Dict[Tuple[int, int, int, int], Tuple[_SharedLoad, List[str], int]] =
 def preloading(checkpoint: Any) -> Callable[[], None]:
     """Starts loading every tensor of ``checkpoint`` (a ``_C.Checkpoint``) onto the CPU in the
     background and offers its files to ``safe_open`` handles and :func:`take_preloaded`, which
-    take each file's tensors from this load instead of reading the file again. Returns the
+    take each file's tensors (once) from this load instead of reading the file again. Returns the
     function that withdraws the offer and gives up this hold: tensors nobody took are freed
     once every handle that took the load's files is closed too."""
     headers = checkpoint.headers()
@@ -136,12 +136,14 @@ def preloading(checkpoint: Any) -> Callable[[], None]:
 
 
 def _preloaded(checkpoint: Any) -> Optional[Tuple[_SharedLoad, List[str], int]]:
-    """The preload holding the one file of ``checkpoint``, with a hold taken for the caller."""
+    """The preload holding the one file of ``checkpoint``, with a hold taken for the caller.
+    Each file is taken once: a second taker reads the file (its tensors must not alias the
+    first's)."""
     if not _preloads:
         return None
     keys = checkpoint.identities()
     with _preloads_lock:
-        entry = _preloads.get(tuple(keys[0])) if len(keys) == 1 else None
+        entry = _preloads.pop(tuple(keys[0]), None) if len(keys) == 1 else None
         if entry is not None:
             entry[0].acquire()
     return entry

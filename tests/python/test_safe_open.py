@@ -379,20 +379,28 @@ def test_a_handle_takes_its_file_from_a_preload_of_that_file_only(tmp_path):
     save_file(second, two)
     withdraw = preloading(_C.Checkpoint([one.encode(), two.encode()], b""))
     try:
+        with safeload.safe_open(two, "pt", threads=1) as f:
+            assert not f.report()["preloaded"]
+            assert same_tensor(f.get_tensor("c"), second["c"])
         with safeload.safe_open(one, "pt", backend="mmap") as f:
             assert f.report()["preloaded"]
             assert same_tensor(f.get_slice("a")[1:3], first["a"][1:3])
-            assert same_tensor(f.get_tensor("b"), first["b"])
-        with safeload.safe_open(one, "pt", threads=1) as f:
+            taken = f.get_tensor("b")
+            assert same_tensor(taken, first["b"])
+        with safeload.safe_open(one, "pt") as f:  # taken once: read again, no aliasing
             assert not f.report()["preloaded"]
-            assert same_tensor(f.get_tensor("a"), first["a"])
+            again = f.get_tensor("b")
+            assert same_tensor(again, first["b"]) and again.data_ptr() != taken.data_ptr()
         os.remove(two)
         replaced = {"c": torch.full((7,), 9, dtype=torch.int64)}
         save_file(replaced, two)
         with safeload.safe_open(two, "pt") as f:
             assert not f.report()["preloaded"]
             assert same_tensor(f.get_tensor("c"), replaced["c"])
+        withdraw_again = preloading(_C.Checkpoint([one.encode()], b""))
         held = safeload.safe_open(one, "pt")
+        assert held.report()["preloaded"]
+        withdraw_again()
     finally:
         withdraw()
     assert not _preloads
