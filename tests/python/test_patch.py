@@ -192,6 +192,9 @@ print(getattr(m.PreTrainedModel.from_pretrained.__func__, "__safeload_patch__", 
 def test_environment_variable_wraps_from_pretrained(tmp_path):
     """SAFELOAD_PATCH=1 patches while transformers' model module runs, before it defines
     from_pretrained: the hook has the patch wrap it once the module is done."""
+    from safeload import _autopatch
+
+    assert set(_autopatch.WATCHED) == {entry[0] for entry in patching._FROM_PRETRAINED}
     pytest.importorskip("transformers")
     site_dir = tmp_path / "site"
     site_dir.mkdir()
