@@ -66,6 +66,8 @@ import collections
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
+from safeload import _autopatch
+
 __all__ = ["patch", "unpatch", "is_patched", "calls"]
 
 _lock = threading.RLock()
@@ -146,7 +148,6 @@ def _mapping_serves(filename, device, backend, kwargs: dict) -> bool:
     """Whether upstream's mapping should serve this call (see the module docstring); counted
     as ``mapped``. Only for arguments upstream takes: with safeload's own options, or where
     the file cannot be opened (safeload then raises its own error), safeload serves it."""
-    import safeload
     from safeload import _C, _loading
     from safeload._device import device_string
 
@@ -154,12 +155,11 @@ def _mapping_serves(filename, device, backend, kwargs: dict) -> bool:
         return False
     try:
         host = device_string(device) == "cpu"
-        # The file is opened only where its residency can decide.
+        # The file is opened only where its residency can decide; nothing of it is parsed.
         if not _C.serve_by_mapping(backend, host, True):
             return False
-        checkpoint = _C.Checkpoint(_loading._sources([filename])[0], b"")
-        serves = bool(_C.serve_by_mapping(backend, host, checkpoint.all_cached()))
-    except (OSError, ValueError, TypeError, safeload.SafetensorError):
+        serves = bool(_C.serve_by_mapping(backend, host, _C.files_cached(_loading._sources([filename])[0])))
+    except (OSError, ValueError, TypeError):  # SafetensorError is a ValueError
         return False
     if serves:
         _count("mapped")
@@ -217,11 +217,11 @@ def _preload_source(args: tuple, kwargs: dict, single: str, index: str) -> Optio
     return None
 
 
-def _reading_pays(checkpoint) -> bool:
-    """Whether the policy has safeload read ``checkpoint`` for the CPU rather than map it."""
+def _reading_pays(files: List[bytes]) -> bool:
+    """Whether the policy has safeload read these shard files for the CPU rather than map them."""
     from safeload import _C
 
-    return not _C.serve_by_mapping("mmap", True, checkpoint.all_cached())
+    return not _C.serve_by_mapping("mmap", True, _C.files_cached(files))
 
 
 def _preload(source: Optional[str]):
@@ -233,11 +233,9 @@ def _preload(source: Optional[str]):
     if source is None:
         return None
     try:
-        files, one = _loading._sources(source)
-        checkpoint = _C.Checkpoint(files, one)
-        if not _reading_pays(checkpoint):
+        if not _reading_pays(_C.resolve_checkpoint(_loading._path_bytes(source))[0]):
             return None
-        withdraw = preloading(checkpoint)
+        withdraw = preloading(_C.Checkpoint(*_loading._sources(source)))
     except (OSError, ValueError):  # the library reports on its checkpoint as it would unpatched
         return None
     _count("preloaded")
@@ -265,8 +263,6 @@ _restore_classes: List[Tuple[Any, Any]] = []
 
 def _wrap_classes() -> None:
     import sys
-
-    from safeload import _autopatch
 
     if not _autopatch.installed(__name__):  # modules imported while patched: wrapped then
         modules = {entry[0]: _wrap_if_patched for entry in _FROM_PRETRAINED}
@@ -306,27 +302,27 @@ def _capture_originals() -> Dict[str, Any]:
             "load": upstream_torch.load}
 
 
-# Modules whose namespace held none of the swapped objects when last scanned:
-# name -> (id of the namespace, its length then). Such a module is scanned
-# again only when its namespace is another dict or has gained or lost a name.
-# Assigning one of the objects to a name such a module already had, after it
-# was scanned, is not seen (imports bind new names). The scan itself runs in
-# C++ (_C.namespaces_holding): with transformers loaded, a first patch costs
-# about 2 ms (5 ms with the UNSCANNED packages scanned), later ones and every
-# undo under 1 ms.
-_clean: Dict[str, Tuple[int, int]] = {}
 #: Top-level packages whose modules the scan leaves out (see the module docstring).
 UNSCANNED = sorted(set(__import__("sys").stdlib_module_names) | {"torch", "numpy", "sympy", "mpmath"})
+# The scan runs in C++ (_C.NamespaceScan): it records the namespaces that held
+# none of the swapped objects and scans one again only when it has gained or
+# lost a name (imports bind new names; assigning one of the objects to a name a
+# module already had, after it was scanned, is not seen). With transformers
+# loaded, a first patch scans about 540 modules and 20,000 names; later patches
+# and every undo look at each module's namespace length only.
+_scan = None
 
 
 def _swap(old_to_new: Dict[int, Tuple[Any, Any]], record: bool) -> None:
     """Rebinds every module attribute that is one of the ``old`` objects."""
+    global _scan
     from safeload import _C
 
+    if _scan is None:
+        _scan = _C.NamespaceScan(UNSCANNED)
     objects = tuple({id(x): x for pair in old_to_new.values() for x in pair}.values())
     swapped = {id(x) for x in objects}
-    for name, namespace in _C.namespaces_holding(objects, _clean, UNSCANNED):
-        _clean.pop(name, None)
+    for name, namespace in _scan.holding(objects):
         for attr, value in list(namespace.items()):
             if id(value) not in swapped:
                 continue

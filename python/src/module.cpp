@@ -19,6 +19,7 @@
 #include <optional>
 #include <string_view>
 #include <tuple>
+#include <unordered_map>
 #include <unordered_set>
 
 namespace py = pybind11;
@@ -204,6 +205,116 @@ py::dict report_to_dict(const LoadReport& r) {
   return d;
 }
 
+
+// For patch(): the modules whose namespace holds one of a few objects (upstream's
+// safe_open, load_file, load or their replacements), compared by identity entry by
+// entry. With transformers loaded, sys.modules holds about 2,500 modules and 104,000
+// names, most of them in torch and the standard library, which `skip` leaves out by
+// package name. A namespace found holding none is recorded with its length and not
+// scanned again while its length holds (imports bind new names; a name already there
+// rebound to one of the objects is not seen). The records are keyed by object
+// (strong references), not by Python dicts of tuples: right after a model load has
+// flushed the CPU caches, a pass touches little more than each scanned module's
+// namespace header, and makes no Python object until it has finished walking
+// sys.modules (so no collection can run code that imports meanwhile).
+class NamespaceScan {
+ public:
+  explicit NamespaceScan(const std::vector<std::string>& skip) : skip_(skip.begin(), skip.end()) {}
+
+  py::list holding(const py::tuple& objects) {
+    std::vector<PyObject*> wanted;
+    for (const py::handle& o : objects) wanted.push_back(o.ptr());
+    std::sort(wanted.begin(), wanted.end());
+    wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+    if (wanted != wanted_) {  // other objects: what held none of the last ones may hold these
+      clean_.clear();
+      wanted_ = wanted;
+      wanted_held_.clear();  // held: no address is reused meanwhile
+      for (const py::handle& o : objects) wanted_held_.push_back(py::reinterpret_borrow<py::object>(o));
+    }
+    std::vector<std::pair<PyObject*, PyObject*>> found;  // borrowed from sys.modules / the modules
+    std::vector<std::pair<PyObject*, PyObject*>> others;  // (name, object): not modules
+    PyObject* modules = PySys_GetObject("modules");  // borrowed
+    if (modules == nullptr || !PyDict_Check(modules)) return py::list();
+    Py_ssize_t at = 0;
+    PyObject *name, *module;
+    while (PyDict_Next(modules, &at, &name, &module)) {
+      if (skipped(name)) continue;
+      if (!PyModule_Check(module)) {
+        others.emplace_back(name, module);
+        continue;
+      }
+      PyObject* ns = PyModule_GetDict(module);
+      if (ns != nullptr && holds(ns, wanted)) found.emplace_back(name, ns);
+    }
+    // Hold everything found before any Python object is made.
+    std::vector<std::pair<py::object, py::object>> held;
+    for (const auto& [n, ns] : found) held.emplace_back(py::reinterpret_borrow<py::object>(n), py::reinterpret_borrow<py::object>(ns));
+    std::vector<std::pair<py::object, py::object>> rest;
+    for (const auto& [n, o] : others) rest.emplace_back(py::reinterpret_borrow<py::object>(n), py::reinterpret_borrow<py::object>(o));
+    for (const auto& [n, o] : rest) {
+      PyObject* got = PyObject_GetAttrString(o.ptr(), "__dict__");
+      if (got == nullptr) {
+        PyErr_Clear();
+        continue;
+      }
+      py::object ns = py::reinterpret_steal<py::object>(got);
+      if (PyDict_Check(ns.ptr()) && holds(ns.ptr(), wanted)) held.emplace_back(n, ns);
+    }
+    py::list out;
+    for (const auto& [n, ns] : held) out.append(py::make_tuple(n, ns));
+    return out;
+  }
+
+  std::size_t known_clean() const { return clean_.size(); }
+
+ private:
+  bool skipped(PyObject* name) {
+    const auto hit = by_name_.find(name);
+    if (hit != by_name_.end()) return hit->second.second;
+    bool skip = false;
+    if (PyUnicode_Check(name)) {
+      Py_ssize_t size = 0;
+      const char* text = PyUnicode_AsUTF8AndSize(name, &size);
+      if (text == nullptr) {
+        PyErr_Clear();
+      } else {
+        const std::string_view full(text, static_cast<std::size_t>(size));
+        skip = skip_.count(std::string(full.substr(0, full.find('.')))) > 0;
+      }
+    }
+    by_name_.emplace(name, std::make_pair(py::reinterpret_borrow<py::object>(name), skip));
+    return skip;
+  }
+
+  // Whether `ns` holds one of `wanted`; records it as clean where it holds none.
+  bool holds(PyObject* ns, const std::vector<PyObject*>& wanted) {
+    const Py_ssize_t length = PyDict_Size(ns);
+    const auto hit = clean_.find(ns);
+    if (hit != clean_.end() && hit->second.second == length) return false;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(ns, &pos, &key, &value)) {
+      if (std::find(wanted.begin(), wanted.end(), value) != wanted.end()) {
+        if (hit != clean_.end()) clean_.erase(hit);
+        return true;
+      }
+    }
+    if (hit != clean_.end()) {
+      hit->second.second = length;
+    } else {
+      clean_.emplace(ns, std::make_pair(py::reinterpret_borrow<py::object>(ns), length));
+    }
+    return false;
+  }
+
+  std::unordered_set<std::string> skip_;
+  std::vector<PyObject*> wanted_;  // sorted
+  std::vector<py::object> wanted_held_;
+  std::unordered_map<PyObject*, std::pair<py::object, bool>> by_name_;        // name -> skipped
+  std::unordered_map<PyObject*, std::pair<py::object, Py_ssize_t>> clean_;  // namespace -> its length
+};
+
 }  // namespace
 }  // namespace safeload
 
@@ -343,59 +454,15 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("sizes"), py::arg("nbytes"), py::arg("candidates"),
      "Of (dim, start, stop) ranges each holding what is wanted of a tensor, the index of the cheapest to read.");
 
-  m.def("namespaces_holding", [](const py::tuple& objects, py::dict clean, const std::vector<std::string>& skip) {
-    // For patch(): the modules whose namespace holds one of `objects`, compared by
-    // identity entry by entry in C++ (with transformers loaded, 2,500 modules and
-    // 104,000 names: about 5 ms, where a Python-level scan takes 18 ms; most of them
-    // torch's, which `skip` leaves out: the modules of the packages it names).
-    // A module whose namespace holds none is recorded in `clean` as
-    // name -> (id of the namespace, its length), and skipped while that holds.
-    std::vector<PyObject*> wanted;
-    for (const py::handle& o : objects) wanted.push_back(o.ptr());
-    const std::unordered_set<std::string_view> skipped(skip.begin(), skip.end());
-    const py::list modules = py::list(py::module_::import("sys").attr("modules").attr("items")());
-    py::list out;
-    for (const py::handle& item : modules) {
-      const py::tuple pair = py::reinterpret_borrow<py::tuple>(item);
-      const py::handle name = pair[0], module = pair[1];
-      if (PyUnicode_Check(name.ptr())) {
-        Py_ssize_t size = 0;
-        const char* text = PyUnicode_AsUTF8AndSize(name.ptr(), &size);
-        if (text == nullptr) {
-          PyErr_Clear();
-        } else {
-          const std::string_view full(text, static_cast<std::size_t>(size));
-          if (skipped.count(full.substr(0, full.find('.')))) continue;
-        }
-      }
-      py::object ns;
-      if (PyModule_Check(module.ptr())) {
-        ns = py::reinterpret_borrow<py::object>(PyModule_GetDict(module.ptr()));
-      } else {
-        PyObject* got = PyObject_GetAttrString(module.ptr(), "__dict__");
-        if (got == nullptr) {
-          PyErr_Clear();
-          continue;
-        }
-        ns = py::reinterpret_steal<py::object>(got);
-      }
-      if (!ns || !PyDict_Check(ns.ptr())) continue;
-      const py::tuple state = py::make_tuple(reinterpret_cast<std::uintptr_t>(ns.ptr()), PyDict_Size(ns.ptr()));
-      if (clean.contains(name) && py::object(clean[name]).equal(state)) continue;
-      bool holds = false;
-      Py_ssize_t pos = 0;
-      PyObject *key, *value;
-      while (!holds && PyDict_Next(ns.ptr(), &pos, &key, &value)) {
-        holds = std::find(wanted.begin(), wanted.end(), value) != wanted.end();
-      }
-      if (holds) {
-        out.append(py::make_tuple(name, ns));
-      } else {
-        clean[name] = state;
-      }
-    }
-    return out;
-  }, py::arg("objects"), py::arg("clean"), py::arg("skip"));
+  py::class_<NamespaceScan>(m, "NamespaceScan",
+      "For patch(): finds the modules whose namespace holds given objects (see NamespaceScan in C++).")
+      .def(py::init<const std::vector<std::string>&>(), py::arg("skip"),
+           "`skip`: top-level package names whose modules are never scanned.")
+      .def("holding", &NamespaceScan::holding, py::arg("objects"),
+           "[(module name, namespace)] of every module in sys.modules, but the skipped and those known "
+           "clean, whose namespace holds one of `objects` (compared by identity).")
+      .def("known_clean", &NamespaceScan::known_clean,
+           "How many namespaces are recorded as holding none of the objects last asked for.");
 
   m.def("read_routes", [] {
     py::list out;
@@ -419,6 +486,17 @@ PYBIND11_MODULE(_C, m) {
     return fast::serve_by_mapping(b, host_device, all_cached);
   }, py::arg("backend"), py::arg("host_device"), py::arg("all_cached"),
      "Whether a handle should map the page cache, as upstream does, rather than read (see fast.h).");
+
+  m.def("files_cached", [](const std::vector<PathBytes>& paths) {
+    py::gil_scoped_release nogil;
+    for (const PathBytes& path : paths) {
+      const File file = File::open(path);
+      if (!fast::CacheMap::of(file).cached(0, file.size())) return false;
+    }
+    return true;
+  }, py::arg("paths"),
+     "Whether the page cache holds each whole file (sampled pages; may be stale at once). Opens each file "
+     "and reads nothing: the cheap question serve_by_mapping's all_cached asks before anything is parsed.");
 
   m.def("read_ahead_pays", [](std::size_t tensors, std::size_t asked, std::size_t whole_reads,
                               std::size_t partial_reads, bool listed_keys, bool prefetch_asked) {

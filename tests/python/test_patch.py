@@ -217,7 +217,7 @@ def cold(monkeypatch):
     """The patch's residency checks made to say cold: safeload reads every file, and
     from_pretrained's checkpoint is preloaded."""
     monkeypatch.setattr(patching, "_mapping_serves", lambda *args: False)
-    monkeypatch.setattr(patching, "_reading_pays", lambda checkpoint: True)
+    monkeypatch.setattr(patching, "_reading_pays", lambda files: True)
     yield
     safeload.unpatch()
 
