@@ -60,18 +60,38 @@ bool CacheMap::page_cached(std::uint64_t page) const {
   return (flag & 1) != 0;
 }
 
+// Calls visit(page) for at most `most` pages of [offset, offset + length): the
+// first, the last and evenly spaced ones between; stops where visit says so.
+template <typename Visit>
+static void sample_pages(std::uint64_t offset, std::uint64_t length, std::uint64_t page_size, std::uint64_t most,
+                         Visit visit) {
+  const std::uint64_t first = offset / page_size;
+  const std::uint64_t last = (offset + length - 1) / page_size;
+  const std::uint64_t span = last - first;
+  const std::uint64_t samples = std::min(span + 1, most);
+  for (std::uint64_t i = 0; i < samples; ++i) {
+    if (!visit(samples == 1 ? first : first + span * i / (samples - 1))) return;
+  }
+}
+
 bool CacheMap::cached(std::uint64_t offset, std::uint64_t length) const {
   if (!from_pages_ && map_ == nullptr) return all_;
   if (length == 0) return true;
-  const std::uint64_t first = offset / page_size_;
-  const std::uint64_t last = (offset + length - 1) / page_size_;
-  const std::uint64_t span = last - first;
-  const std::uint64_t samples = std::min(span + 1, kSamples);
-  for (std::uint64_t i = 0; i < samples; ++i) {
-    const std::uint64_t page = samples == 1 ? first : first + span * i / (samples - 1);
-    if (!page_cached(page)) return false;
-  }
-  return true;
+  bool all = true;
+  sample_pages(offset, length, page_size_, kSamples, [&](std::uint64_t page) { return all = page_cached(page); });
+  return all;
+}
+
+double CacheMap::cached_fraction(std::uint64_t offset, std::uint64_t length) const {
+  if (!from_pages_ && map_ == nullptr) return all_ ? 1.0 : 0.0;
+  if (length == 0) return 1.0;
+  std::uint64_t seen = 0, hits = 0;
+  sample_pages(offset, length, page_size_, kFractionSamples, [&](std::uint64_t page) {
+    ++seen;
+    hits += page_cached(page) ? 1 : 0;
+    return true;
+  });
+  return static_cast<double>(hits) / static_cast<double>(seen);
 }
 
 }  // namespace safeload::fast

@@ -59,6 +59,11 @@ class CacheMap {
   // file costs ~40 ms, a tenth of loading it from the page cache).
   static constexpr std::uint64_t kSamples = 5;
   bool cached(std::uint64_t offset, std::uint64_t length) const;
+  // The fraction of [offset, offset + length)'s pages that are cached,
+  // estimated from at most kFractionSamples pages spread as cached() spreads
+  // its own: what serve_by_mapping weighs (1 for an empty range).
+  static constexpr std::uint64_t kFractionSamples = 32;
+  double cached_fraction(std::uint64_t offset, std::uint64_t length) const;
   // Whether the file's data section, as `header` places it, is cached: what
   // the policy's all_cached and the choice to serve by mapping ask per shard.
   bool data_cached(const Header& header) const { return cached(header.data_start(), header.data_length()); }
@@ -153,10 +158,12 @@ ReadPolicy decide_policy(const PolicyInput& in);
 // file by mapping its page cache (as upstream does) rather than by reading it
 // into memory of its own: only where mapping is what the caller asked for
 // (backend mmap, or none given where upstream's default maps), the tensors go
-// to host memory, and the page cache already holds the whole file. There a
-// mapping hands out pages the cache has, while a read must first write each
-// destination page anew; anywhere else reading wins or mapping is not asked.
-bool serve_by_mapping(LoadOptions::Backend backend, bool host_device, bool all_cached);
+// to host memory, and the page cache holds the file but for scattered pages
+// (`cached_fraction` at least kMapWhenCached). There a mapping hands out pages
+// the cache has, while a read must first write each destination page anew;
+// anywhere else reading wins or mapping is not asked.
+inline constexpr double kMapWhenCached = 0.95;
+bool serve_by_mapping(LoadOptions::Backend backend, bool host_device, double cached_fraction);
 
 // What a file handle (safe_open) has seen its caller do, to decide whether
 // to read ahead: the caller asks one tensor at a time, and a handle reads

@@ -39,26 +39,26 @@ process started.
 Reading from the start: transformers' and diffusers' ``from_pretrained``
 (``PreTrainedModel`` and ``ModelMixin``, now or when their modules are
 imported while the patch is in force) are wrapped too. Given a local
-directory whose checkpoint (the library's own file names:
-``model.safetensors`` or its index; ``diffusion_pytorch_model...``) is not
-wholly in the page cache, for the CPU
-(no ``device_map`` but ``"cpu"``) and with none of the options that read
-other files or read differently (``variant``, ``gguf_file``, ``state_dict``,
-``use_safetensors=False``, ``disable_mmap``, ``quantization_config``,
-``tp_plan``, ...), the wrapper starts reading the whole checkpoint at once,
-while the library builds the model, and the library's ``safe_open`` and
-``load_file`` calls take their files from that load
+directory holding the checkpoint under the library's own file names
+(``model.safetensors`` or its index; ``diffusion_pytorch_model...``), for
+the CPU (no ``device_map`` but ``"cpu"``) and with none of the options that
+read other files or read differently (``variant``, ``gguf_file``,
+``state_dict``, ``use_safetensors=False``, ``disable_mmap``,
+``quantization_config``, ``tp_plan``, ...), the wrapper starts reading at
+once, while the library builds the model, every shard file that the patched
+``safe_open`` would read rather than map (below), and the library's
+``safe_open`` and ``load_file`` calls take those files from that load
 (``safe_open.preloading``); what was not taken is freed when the call
 returns. Counted as ``preloaded``.
 
 Never slower than upstream: where the caller asked for a mapping (upstream's
 default ``backend="mmap"``), the tensors go to the CPU, and the page cache
-already holds the whole file, upstream's own ``safe_open``/``load_file``
-serve it: a mapping hands out the page cache's pages, while any read must
-first write every destination page anew, which a warm load cannot win
-(``fast::serve_by_mapping`` in C++ decides; see the README's numbers).
-Everywhere else (a cold file, another device, ``backend="pread"``)
-safeload reads.
+holds the file but for scattered pages (95% of sampled pages), upstream's
+own ``safe_open``/``load_file`` serve it: a mapping hands out the page
+cache's pages, while any read must first write every destination page anew,
+which a warm load cannot win (``fast::serve_by_mapping`` in C++ decides; see
+the README's numbers). Everywhere else (a cold file, another device,
+``backend="pread"``) safeload reads.
 """
 from __future__ import annotations
 
@@ -101,13 +101,15 @@ def is_patched() -> bool:
 
 def _make_replacements(originals: Dict[str, Any]) -> Dict[str, Any]:
     import safeload
+    from safeload.safe_open import offered
 
     upstream_safe_open = originals["safe_open"]
 
     def safe_open(filename, framework, device="cpu", *, backend="mmap", **kwargs):
         """``safetensors.safe_open``, routed through ``safeload.safe_open`` for
         torch (see ``safeload.patch``)."""
-        if framework not in ("pt", "torch") or _mapping_serves(filename, device, backend, kwargs):
+        if framework not in ("pt", "torch") or (not offered(filename)
+                                                 and _mapping_serves(filename, device, backend, kwargs)):
             return upstream_safe_open(filename, framework, device, backend=backend, **kwargs)
         handle = safeload.safe_open(filename, framework, device, backend=backend, **kwargs)
         _count("safe_open")
@@ -156,9 +158,10 @@ def _mapping_serves(filename, device, backend, kwargs: dict) -> bool:
     try:
         host = device_string(device) == "cpu"
         # The file is opened only where its residency can decide; nothing of it is parsed.
-        if not _C.serve_by_mapping(backend, host, True):
+        if not _C.serve_by_mapping(backend, host, 1.0):
             return False
-        serves = bool(_C.serve_by_mapping(backend, host, _C.files_cached(_loading._sources([filename])[0])))
+        (fraction,) = _C.cached_fractions(_loading._sources([filename])[0])
+        serves = bool(_C.serve_by_mapping(backend, host, fraction))
     except (OSError, ValueError, TypeError):  # SafetensorError is a ValueError
         return False
     if serves:
@@ -217,25 +220,28 @@ def _preload_source(args: tuple, kwargs: dict, single: str, index: str) -> Optio
     return None
 
 
-def _reading_pays(files: List[bytes]) -> bool:
-    """Whether the policy has safeload read these shard files for the CPU rather than map them."""
+def _to_read(files: List[bytes]) -> List[bytes]:
+    """Of these shard files, those the policy has safeload read for the CPU rather than map:
+    the ones the patched ``safe_open`` and ``load_file`` would read."""
     from safeload import _C
 
-    return not _C.serve_by_mapping("mmap", True, _C.files_cached(files))
+    return [f for f, fraction in zip(files, _C.cached_fractions(files))
+            if not _C.serve_by_mapping("mmap", True, fraction)]
 
 
 def _preload(source: Optional[str]):
-    """Starts the preload of ``source`` where it is not all in the page cache; returns its
-    withdraw function, or None."""
+    """Starts the preload of the shard files of ``source`` that are not in the page cache (all
+    or most of their pages); returns its withdraw function, or None."""
     from safeload import _C, _loading
     from safeload.safe_open import preloading
 
     if source is None:
         return None
     try:
-        if not _reading_pays(_C.resolve_checkpoint(_loading._path_bytes(source))[0]):
+        files = _to_read(_C.resolve_checkpoint(_loading._path_bytes(source))[0])
+        if not files:
             return None
-        withdraw = preloading(_C.Checkpoint(*_loading._sources(source)))
+        withdraw = preloading(_C.Checkpoint(files, b""))
     except (OSError, ValueError):  # the library reports on its checkpoint as it would unpatched
         return None
     _count("preloaded")

@@ -135,6 +135,18 @@ def preloading(checkpoint: Any) -> Callable[[], None]:
     return withdraw
 
 
+def offered(path: Any) -> bool:
+    """Whether a preload offers the file at ``path`` (not yet taken)."""
+    if not _preloads:
+        return False
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return False
+    with _preloads_lock:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) in _preloads
+
+
 def _preloaded(checkpoint: Any) -> Optional[Tuple[_SharedLoad, List[str], int]]:
     """The preload holding the one file of ``checkpoint``, with a hold taken for the caller.
     Each file is taken once: a second taker reads the file (its tensors must not alias the

@@ -480,23 +480,24 @@ PYBIND11_MODULE(_C, m) {
     return out;
   }, "Every route bytes can take, as (name, the load options forcing it; None for the reference loader).");
 
-  m.def("serve_by_mapping", [](const py::object& backend, bool host_device, bool all_cached) {
+  m.def("serve_by_mapping", [](const py::object& backend, bool host_device, double cached_fraction) {
     const LoadOptions::Backend b = backend.is_none() ? LoadOptions::Backend::kUnspecified
                                                      : parse_backend(str_option("backend", backend));
-    return fast::serve_by_mapping(b, host_device, all_cached);
-  }, py::arg("backend"), py::arg("host_device"), py::arg("all_cached"),
+    return fast::serve_by_mapping(b, host_device, cached_fraction);
+  }, py::arg("backend"), py::arg("host_device"), py::arg("cached_fraction"),
      "Whether a handle should map the page cache, as upstream does, rather than read (see fast.h).");
 
-  m.def("files_cached", [](const std::vector<PathBytes>& paths) {
+  m.def("cached_fractions", [](const std::vector<PathBytes>& paths) {
+    std::vector<double> out;
     py::gil_scoped_release nogil;
     for (const PathBytes& path : paths) {
       const File file = File::open(path);
-      if (!fast::CacheMap::of(file).cached(0, file.size())) return false;
+      out.push_back(fast::CacheMap::of(file).cached_fraction(0, file.size()));
     }
-    return true;
+    return out;
   }, py::arg("paths"),
-     "Whether the page cache holds each whole file (sampled pages; may be stale at once). Opens each file "
-     "and reads nothing: the cheap question serve_by_mapping's all_cached asks before anything is parsed.");
+     "Of each whole file, the fraction of its pages in the page cache (sampled; may be stale at once). Opens "
+     "each file and reads nothing: what serve_by_mapping weighs, asked before anything is parsed.");
 
   m.def("read_ahead_pays", [](std::size_t tensors, std::size_t asked, std::size_t whole_reads,
                               std::size_t partial_reads, bool listed_keys, bool prefetch_asked) {

@@ -185,11 +185,13 @@ TEST(Policy, ASharedLoadPlansTheSameChunkOnEveryMachine) {
 
 TEST(Policy, MappingServesOnlyAWarmFileForTheHostWhereMappingWasAsked) {
   using B = LoadOptions::Backend;
-  EXPECT_TRUE(serve_by_mapping(B::kMmap, true, true));
-  EXPECT_TRUE(serve_by_mapping(B::kUnspecified, true, true)) << "upstream maps by default";
-  EXPECT_FALSE(serve_by_mapping(B::kPread, true, true));
-  EXPECT_FALSE(serve_by_mapping(B::kMmap, false, true)) << "device memory: reading wins";
-  EXPECT_FALSE(serve_by_mapping(B::kMmap, true, false)) << "cold: reading wins";
+  EXPECT_TRUE(serve_by_mapping(B::kMmap, true, 1.0));
+  EXPECT_TRUE(serve_by_mapping(B::kUnspecified, true, 1.0)) << "upstream maps by default";
+  EXPECT_FALSE(serve_by_mapping(B::kPread, true, 1.0));
+  EXPECT_FALSE(serve_by_mapping(B::kMmap, false, 1.0)) << "device memory: reading wins";
+  EXPECT_FALSE(serve_by_mapping(B::kMmap, true, 0.0)) << "cold: reading wins";
+  EXPECT_TRUE(serve_by_mapping(B::kMmap, true, kMapWhenCached)) << "a page missing here and there: still mapped";
+  EXPECT_FALSE(serve_by_mapping(B::kMmap, true, 0.9)) << "a tenth missing: reading wins";
 }
 
 TEST(Policy, ReadAheadStartsWhenTheCallerEvidentlyWantsMostOfTheFile) {

@@ -23,7 +23,7 @@ def serving(request, monkeypatch):
     if request.param in ("read", "preloaded"):
         monkeypatch.setattr(patching, "_mapping_serves", lambda *args: False)
     if request.param == "preloaded":
-        monkeypatch.setattr(patching, "_reading_pays", lambda files: True)
+        monkeypatch.setattr(patching, "_to_read", lambda files: files)
     return request.param
 
 

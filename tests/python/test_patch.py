@@ -217,7 +217,7 @@ def cold(monkeypatch):
     """The patch's residency checks made to say cold: safeload reads every file, and
     from_pretrained's checkpoint is preloaded."""
     monkeypatch.setattr(patching, "_mapping_serves", lambda *args: False)
-    monkeypatch.setattr(patching, "_reading_pays", lambda files: True)
+    monkeypatch.setattr(patching, "_to_read", lambda files: files)
     yield
     safeload.unpatch()
 
@@ -268,6 +268,74 @@ def test_diffusers_from_pretrained_reads_a_cold_checkpoint_once_from_the_start(t
     calls = _check_read_once(tmp_path, lambda: diffusers.UNet2DModel.from_pretrained(tmp_path, subfolder="unet"),
                              model.state_dict())
     assert calls["preloaded"] == 1 and calls["load_file"] == len(shards), calls
+
+
+def _small_llama(directory) -> tuple:
+    """A small Llama saved as several shards in ``directory``: (its state dict, the shards)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=4000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(directory, max_shard_size="1MB")
+    shards = sorted(str(p) for p in __import__("pathlib").Path(directory).glob("*.safetensors"))
+    assert len(shards) > 2
+    return model.state_dict(), shards
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")
+def test_from_pretrained_preloads_only_the_shards_not_in_the_page_cache(tmp_path_factory):
+    """One shard evicted, the others warm: that shard alone is read (once, from the start),
+    the others are mapped as upstream maps them, and the model is the writer's."""
+    from helpers import evictable_dir
+    from safeload.bench import cache
+
+    transformers = pytest.importorskip("transformers")
+    directory = evictable_dir(tmp_path_factory, "preload-part")
+    state, shards = _small_llama(directory)
+    cold_one = shards[1]
+    for path in shards:
+        with open(path, "rb") as f:
+            f.read()
+    for _ in range(2):
+        cache.evict(cold_one)
+        if cache.resident_fraction(cold_one) in (0.0, None):
+            break
+    else:
+        pytest.skip("the shard stays in the page cache here")
+    if min(cache.resident_fraction(p) or 0.0 for p in shards if p != cold_one) < 1.0:
+        pytest.skip("the warm shards left the page cache here")
+    before = _rchar()
+    try:
+        with safeload.patch() as p:
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(directory)
+    finally:
+        safeload.unpatch()
+    read = _rchar() - before
+    size = os.path.getsize(cold_one)
+    assert size <= read < size * 1.3 + (1 << 20), f"read {read} bytes through read calls; the cold shard has {size}"
+    assert p.calls.get("preloaded") == 1 and p.calls.get("safe_open") == 1, p.calls
+    assert p.calls.get("mapped") == len(shards) - 1, p.calls
+    got = loaded.state_dict()
+    assert list(got) == list(state) and all(torch.equal(got[k], state[k]) for k in state)
+    assert not sys.modules["safeload.safe_open"]._preloads
+
+
+def test_a_preloaded_shard_is_taken_even_where_mapping_would_serve(tmp_path, monkeypatch):
+    """The patched safe_open takes a file the preload offers before asking whether mapping
+    would serve it: a preload is never read in vain beside a mapping of the same file."""
+    transformers = pytest.importorskip("transformers")
+    state, shards = _small_llama(tmp_path)
+    monkeypatch.setattr(patching, "_to_read", lambda files: files)
+    monkeypatch.setattr(patching, "_mapping_serves", lambda *args: True)
+    try:
+        with safeload.patch() as p:
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    finally:
+        safeload.unpatch()
+    assert p.calls.get("preloaded") == 1 and p.calls.get("safe_open") == len(shards), p.calls
+    got = loaded.state_dict()
+    assert all(torch.equal(got[k], state[k]) for k in state)
 
 
 def test_which_from_pretrained_calls_are_preloaded(tmp_path):
