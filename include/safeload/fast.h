@@ -65,7 +65,7 @@ class CacheMap {
   static constexpr std::uint64_t kFractionSamples = 32;
   double cached_fraction(std::uint64_t offset, std::uint64_t length) const;
   // Whether the file's data section, as `header` places it, is cached: what
-  // the policy's all_cached and the choice to serve by mapping ask per shard.
+  // the policy's all_cached asks per shard.
   bool data_cached(const Header& header) const { return cached(header.data_start(), header.data_length()); }
 
  private:

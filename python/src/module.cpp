@@ -437,14 +437,7 @@ PYBIND11_MODULE(_C, m) {
         }
         return out;
       }, "Each shard's (device, inode, size, modification time in ns) of the file it holds open: two "
-         "checkpoints read the same files where these agree.")
-      .def("all_cached", [](const Checkpoint& c) {
-        py::gil_scoped_release nogil;
-        for (const Shard& s : c.shards()) {
-          if (!fast::CacheMap::of(s.file).data_cached(s.header)) return false;
-        }
-        return true;
-      }, "Whether the page cache holds every shard's data (sampled pages; may be stale at once).");
+         "checkpoints read the same files where these agree.");
 
   m.def("cheapest_range", [](const std::vector<std::uint64_t>& sizes, std::uint64_t nbytes,
                              const std::vector<std::tuple<std::size_t, std::uint64_t, std::uint64_t>>& candidates) {
