@@ -47,7 +47,8 @@ DONTNEED) before its settle wait. Each run records the resident fraction it foun
 
 Output: one table per condition and shard count: median seconds (min-max), GB/s of tensor bytes
 (the same bytes at every shard count), each way's median time over
-safeload.load_checkpoint's, and a patched way's median time over its shipped way's; --json writes every run.
+safeload.load_checkpoint's, and a patched way's median time over its shipped way's; --json writes every run
+(a ``-patched`` run also records ``seconds_patch``: applying and releasing the patch, inside the clock).
 """
 from __future__ import annotations
 
