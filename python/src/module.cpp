@@ -205,7 +205,6 @@ py::dict report_to_dict(const LoadReport& r) {
   return d;
 }
 
-
 // For patch(): the modules whose namespace holds one of a few objects (upstream's
 // safe_open, load_file, load or their replacements), compared by identity entry by
 // entry. With transformers loaded, sys.modules holds about 2,500 modules and 104,000
@@ -216,7 +215,8 @@ py::dict report_to_dict(const LoadReport& r) {
 // (strong references), not by Python dicts of tuples: right after a model load has
 // flushed the CPU caches, a pass touches little more than each scanned module's
 // namespace header, and makes no Python object until it has finished walking
-// sys.modules (so no collection can run code that imports meanwhile).
+// sys.modules (so no collection can run code that imports meanwhile). A namespace
+// of a module since removed from sys.modules stays held (there are few).
 class NamespaceScan {
  public:
   explicit NamespaceScan(const std::vector<std::string>& skip) : skip_(skip.begin(), skip.end()) {}
@@ -265,8 +265,6 @@ class NamespaceScan {
     for (const auto& [n, ns] : held) out.append(py::make_tuple(n, ns));
     return out;
   }
-
-  std::size_t known_clean() const { return clean_.size(); }
 
  private:
   bool skipped(PyObject* name) {
@@ -453,9 +451,7 @@ PYBIND11_MODULE(_C, m) {
            "`skip`: top-level package names whose modules are never scanned.")
       .def("holding", &NamespaceScan::holding, py::arg("objects"),
            "[(module name, namespace)] of every module in sys.modules, but the skipped and those known "
-           "clean, whose namespace holds one of `objects` (compared by identity).")
-      .def("known_clean", &NamespaceScan::known_clean,
-           "How many namespaces are recorded as holding none of the objects last asked for.");
+           "clean, whose namespace holds one of `objects` (compared by identity).");
 
   m.def("read_routes", [] {
     py::list out;
