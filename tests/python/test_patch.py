@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 import types
@@ -242,15 +243,8 @@ def _check_read_once(tmp_path, load, state: dict) -> dict:
 @pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")
 def test_from_pretrained_reads_a_cold_checkpoint_once_from_the_start(tmp_path, cold):
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=4000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config)
-    model.save_pretrained(tmp_path, max_shard_size="1MB")
-    shards = list(tmp_path.glob("*.safetensors"))
-    assert len(shards) > 2
-    calls = _check_read_once(tmp_path, lambda: transformers.AutoModelForCausalLM.from_pretrained(tmp_path),
-                             model.state_dict())
+    state, shards = _small_llama(tmp_path)
+    calls = _check_read_once(tmp_path, lambda: transformers.AutoModelForCausalLM.from_pretrained(tmp_path), state)
     assert calls["preloaded"] == 1 and calls["safe_open"] == len(shards), calls
 
 
@@ -278,7 +272,7 @@ def _small_llama(directory) -> tuple:
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
     model.save_pretrained(directory, max_shard_size="1MB")
-    shards = sorted(str(p) for p in __import__("pathlib").Path(directory).glob("*.safetensors"))
+    shards = sorted(str(p) for p in pathlib.Path(directory).glob("*.safetensors"))
     assert len(shards) > 2
     return model.state_dict(), shards
 
