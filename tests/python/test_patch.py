@@ -72,12 +72,22 @@ def test_routes_and_restores(saved):
         sys.modules.pop("imported_during_patch", None)
 
 
+def evict_or_skip(path: str) -> None:
+    """Evicts ``path`` from the page cache; skips the test where it stays there."""
+    from safeload.bench import cache
+
+    for _ in range(2):
+        cache.evict(path)
+        if cache.resident_fraction(path) in (0.0, None):
+            return
+    pytest.skip(f"{path} stays in the page cache here")
+
+
 def test_a_warm_file_is_mapped_and_a_cold_one_read(tmp_path_factory):
     """Under the default backend on the CPU, a file the page cache holds is served by upstream
     (a mapping: safeload's reading would be slower) and counted as mapped; a cold one, another
     backend, or safeload's own options are read by safeload. The tensors are the writer's."""
     from helpers import evictable_dir
-    from safeload.bench import cache
 
     path = os.path.join(evictable_dir(tmp_path_factory, "patch"), "m.safetensors")
     tensors = {"w": torch.arange(1 << 16, dtype=torch.float32), "b": torch.ones(3)}
@@ -90,12 +100,7 @@ def test_a_warm_file_is_mapped_and_a_cold_one_read(tmp_path_factory):
         assert torch.equal(safetensors.torch.load_file(path)["w"], tensors["w"])
         with safetensors.safe_open(path, framework="pt", threads=1) as f:  # safeload's option
             assert isinstance(f, safeload.safe_open)
-        for _ in range(2):
-            cache.evict(path)
-            if cache.resident_fraction(path) in (0.0, None):
-                break
-        else:
-            pytest.skip("the file stays in the page cache here")
+        evict_or_skip(path)
         with safetensors.safe_open(path, framework="pt") as f:
             assert isinstance(f, safeload.safe_open)
             assert torch.equal(f.get_tensor("w"), tensors["w"])
@@ -291,12 +296,7 @@ def test_from_pretrained_preloads_only_the_shards_not_in_the_page_cache(tmp_path
     for path in shards:
         with open(path, "rb") as f:
             f.read()
-    for _ in range(2):
-        cache.evict(cold_one)
-        if cache.resident_fraction(cold_one) in (0.0, None):
-            break
-    else:
-        pytest.skip("the shard stays in the page cache here")
+    evict_or_skip(cold_one)
     if min(cache.resident_fraction(p) or 0.0 for p in shards if p != cold_one) < 1.0:
         pytest.skip("the warm shards left the page cache here")
     before = _rchar()
