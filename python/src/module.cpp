@@ -232,8 +232,9 @@ class NamespaceScan {
       wanted_held_.clear();  // held: no address is reused meanwhile
       for (const py::handle& o : objects) wanted_held_.push_back(py::reinterpret_borrow<py::object>(o));
     }
-    std::vector<std::pair<PyObject*, PyObject*>> found;  // borrowed from sys.modules / the modules
-    std::vector<std::pair<PyObject*, PyObject*>> others;  // (name, object): not modules
+    // Held references (a reference count, no new Python object) to what is found.
+    std::vector<std::pair<py::object, py::object>> held;
+    std::vector<std::pair<py::object, py::object>> others;  // (name, object): not modules
     PyObject* modules = PySys_GetObject("modules");  // borrowed
     if (modules == nullptr || !PyDict_Check(modules)) return py::list();
     Py_ssize_t at = 0;
@@ -241,18 +242,15 @@ class NamespaceScan {
     while (PyDict_Next(modules, &at, &name, &module)) {
       if (skipped(name)) continue;
       if (!PyModule_Check(module)) {
-        others.emplace_back(name, module);
+        others.emplace_back(py::reinterpret_borrow<py::object>(name), py::reinterpret_borrow<py::object>(module));
         continue;
       }
       PyObject* ns = PyModule_GetDict(module);
-      if (ns != nullptr && holds(ns, wanted)) found.emplace_back(name, ns);
+      if (ns != nullptr && holds(ns, wanted)) {
+        held.emplace_back(py::reinterpret_borrow<py::object>(name), py::reinterpret_borrow<py::object>(ns));
+      }
     }
-    // Hold everything found before any Python object is made.
-    std::vector<std::pair<py::object, py::object>> held;
-    for (const auto& [n, ns] : found) held.emplace_back(py::reinterpret_borrow<py::object>(n), py::reinterpret_borrow<py::object>(ns));
-    std::vector<std::pair<py::object, py::object>> rest;
-    for (const auto& [n, o] : others) rest.emplace_back(py::reinterpret_borrow<py::object>(n), py::reinterpret_borrow<py::object>(o));
-    for (const auto& [n, o] : rest) {
+    for (const auto& [n, o] : others) {
       PyObject* got = PyObject_GetAttrString(o.ptr(), "__dict__");
       if (got == nullptr) {
         PyErr_Clear();
