@@ -346,6 +346,25 @@ def test_models_command_times_each_shard_count_and_checks_bytes(tiny_checkpoints
             assert [r["checksum"] for r in runs] == [doc["checkpoints"][str(block["shards"])]["checksum"]]
 
 
+def test_models_rounds_start_one_run_later(monkeypatch, tiny_checkpoints):
+    """As in safeload bench: no (shard count, way) follows the same one every round."""
+    root, records = tiny_checkpoints
+    order = []
+
+    def fake_worker(spec, timeout=None, python=None):
+        order.append((len(spec["paths"]), spec["key"]))
+        return {"error": "not run"}
+
+    monkeypatch.setattr(runner, "run_worker", fake_worker)
+    models.run(root, records, keys=["safeload-checkpoint", "safetensors"], conditions=["warm"], rounds=5,
+               settle=0, timeout=1)
+    # (shard files, way) of a round's four runs, in the order of the first round.
+    expected = [(1, "safeload-checkpoint"), (1, "safetensors"), (4, "safeload-checkpoint"), (4, "safetensors")]
+    assert len(order) == 5 * 4
+    for r in range(5):
+        assert order[4 * r:4 * r + 4] == expected[r % 4:] + expected[:r % 4]
+
+
 def test_models_command_loads_a_diffusers_checkpoint_patched_and_shipped(tmp_path, capsys):
     pytest.importorskip("diffusers")
     root = str(tmp_path / "d")

@@ -40,8 +40,9 @@ computed from the shard files themselves, and its tensor count against the write
 from_pretrained model's tensors, name by name, against the writer's digests (a tensor tied to
 another is compared once). A mismatch is reported as WRONG BYTES instead of a time.
 
-Order: for each page-cache condition, each round runs every (shard count, way) once, in the
-same order. Warm: the shard files are read through the page cache before a run whenever
+Order: for each page-cache condition, each round runs every (shard count, way) once, each round
+starting one run later than the one before (rotated, as safeload bench does: a run pays for what
+the run before it freed, so no way follows the same one every round). Warm: the shard files are read through the page cache before a run whenever
 mincore says they are not all resident. Cold: the run's process evicts them (posix_fadvise
 DONTNEED) before its settle wait. Each run records the resident fraction it found.
 
@@ -494,30 +495,31 @@ def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: lis
     total = rounds * sum(1 for es in entries.values() for e in es if not e.unavailable)
     done = 0
     for condition in conditions:
+        runnable = [(n, e) for n in counts for e in entries[(condition, n)] if not e.unavailable]
         for r in range(rounds):
-            for n in counts:
-                for e in entries[(condition, n)]:
-                    if e.unavailable:
-                        continue
-                    if on_run:
-                        on_run(done, total, f"{condition} {r + 1}/{rounds} {n} shards {e.label}")
-                    if condition == "warm":
-                        for p in paths[n]:
-                            if (cache.resident_fraction(p) or 0.0) < 1.0:
-                                cache.warm(p)
-                    if e.key in MODEL_WAYS:
-                        spec = {"key": e.key, "dir": os.path.dirname(paths[n][0]), "paths": paths[n],
-                                "condition": condition, "settle": settle, "device": device}
-                        result = check_model_run(_run_child(spec, timeout), records[n]["tensors"])
-                    else:
-                        spec = {"kind": "loader", "key": e.key, "paths": paths[n], "device": device,
-                                "condition": condition, "threads": None, "settle": settle,
-                                "nbytes": records[n]["total_size"]}
-                        result = check_state_dict_run(runner.run_worker(spec, timeout), expected[n],
-                                                      len(records[n]["tensors"]))
-                    result.pop("traceback", None)
-                    e.runs.append(result)
-                    done += 1
+            # Rotated as in safeload bench (runner.py): each round starts one run later, so no
+            # way always follows the same one (a run pays for what the run before it freed).
+            shift = r % len(runnable) if runnable else 0
+            for n, e in runnable[shift:] + runnable[:shift]:
+                if on_run:
+                    on_run(done, total, f"{condition} {r + 1}/{rounds} {n} shards {e.label}")
+                if condition == "warm":
+                    for p in paths[n]:
+                        if (cache.resident_fraction(p) or 0.0) < 1.0:
+                            cache.warm(p)
+                if e.key in MODEL_WAYS:
+                    spec = {"key": e.key, "dir": os.path.dirname(paths[n][0]), "paths": paths[n],
+                            "condition": condition, "settle": settle, "device": device}
+                    result = check_model_run(_run_child(spec, timeout), records[n]["tensors"])
+                else:
+                    spec = {"kind": "loader", "key": e.key, "paths": paths[n], "device": device,
+                            "condition": condition, "threads": None, "settle": settle,
+                            "nbytes": records[n]["total_size"]}
+                    result = check_state_dict_run(runner.run_worker(spec, timeout), expected[n],
+                                                  len(records[n]["tensors"]))
+                result.pop("traceback", None)
+                e.runs.append(result)
+                done += 1
     if on_run:
         on_run(done, total, "done")
 
@@ -566,7 +568,7 @@ def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: lis
             "gbps": "tensor bytes (the same at every shard count) / median seconds, 1e9 bytes",
             "cold": "posix_fadvise(POSIX_FADV_DONTNEED) on the checkpoint's files in each run's process",
             "warm": "shard files read through the page cache first; mincore checks residency",
-            "order": "for each condition and round: every (shard count, way) once, same order",
+            "order": "for each condition and round: every (shard count, way) once, rotated by one each round",
         },
         "results": results,
     }
