@@ -15,7 +15,10 @@ are found by scanning ``sys.modules`` for attributes that *are* the original
 objects, and patched too. The modules of the standard library and of torch,
 numpy, sympy and mpmath are not scanned (``UNSCANNED``): they bind none of
 these names (torch imports safetensors inside the functions that use it),
-and they are four in five of the modules transformers loads.
+and they are four in five of the modules transformers loads. A module is
+scanned once (those imported before safeload when safeload is imported) and
+again only when its namespace has gained or lost a name: one that rebinds a
+name it already had to one of these objects after its scan is not seen.
 ``unpatch()`` restores every such attribute, and
 every attribute that was bound to a safeload replacement while the patch was
 in force (modules imported during the patch), to the original object.
@@ -314,21 +317,18 @@ UNSCANNED = sorted(set(__import__("sys").stdlib_module_names) | {"torch", "numpy
 # none of the swapped objects and scans one again only when it has gained or
 # lost a name (imports bind new names; assigning one of the objects to a name a
 # module already had, after it was scanned, is not seen). With transformers
-# loaded, a first patch scans about 540 modules and 20,000 names; later patches
-# and every undo look at each module's namespace length only.
+# loaded, a first scan walks about 540 modules and 20,000 names; later ones look
+# at each known module's namespace length only. The first scan runs when
+# safeload is imported (_scan_at_import), so a patch scans in full only the
+# modules imported after safeload.
 _scan = None
 
 
 def _swap(old_to_new: Dict[int, Tuple[Any, Any]], record: bool) -> None:
     """Rebinds every module attribute that is one of the ``old`` objects."""
-    global _scan
-    from safeload import _C
-
-    if _scan is None:
-        _scan = _C.NamespaceScan(UNSCANNED)
     objects = tuple({id(x): x for pair in old_to_new.values() for x in pair}.values())
     swapped = {id(x) for x in objects}
-    for name, namespace in _scan.holding(objects):
+    for name, namespace in _scanner().holding(objects):
         for attr, value in list(namespace.items()):
             if id(value) not in swapped:
                 continue
@@ -339,11 +339,35 @@ def _swap(old_to_new: Dict[int, Tuple[Any, Any]], record: bool) -> None:
                     _restore.append((namespace, attr, value))
 
 
-def _apply() -> None:
+def _scanner():
+    global _scan
+    from safeload import _C
+
+    if _scan is None:
+        _scan = _C.NamespaceScan(UNSCANNED)
+    return _scan
+
+
+def _routes() -> None:
+    """Captures upstream's objects and makes safeload's replacements, once."""
     global _originals, _replacements
     if not _originals:
         _originals = _capture_originals()
         _replacements = _make_replacements(_originals)
+
+
+def _scan_at_import() -> None:
+    """Scans the modules already imported, as a patch would, when safeload is imported: the
+    first patch then finds most namespaces recorded and checks only their lengths. With
+    transformers loaded and the process idle for 3 s before the patch, that first scan took
+    0.5 ms instead of 2.3 ms (medians of 4 fresh processes each)."""
+    with _lock:
+        _routes()
+        _scanner().holding(tuple(_originals.values()) + tuple(_replacements.values()))
+
+
+def _apply() -> None:
+    _routes()
     _swap({id(o): (o, _replacements[k]) for k, o in _originals.items()}, record=True)
     _wrap_classes()
 
@@ -426,3 +450,9 @@ def unpatch() -> bool:
         _generation += 1
         _undo()
         return True
+
+
+try:
+    _scan_at_import()
+except ImportError:  # no extension (the conformance harness runs without it): the first patch scans
+    pass

@@ -387,3 +387,30 @@ def test_the_packages_left_unscanned(saved):
     finally:
         for module in (unscanned, scanned):
             sys.modules.pop(module.__name__, None)
+
+
+def test_modules_imported_before_safeload_are_patched_after_its_import_time_scan(tmp_path):
+    """safeload scans the modules already imported when it is imported; a module found
+    holding upstream's objects then, and one found holding none that binds one later, are
+    both patched and restored."""
+    script = tmp_path / "early.py"
+    script.write_text(
+        "import sys, types\n"
+        "import safetensors\n"
+        "kept = [safetensors.safe_open]  # out of the scan's reach (it rebinds module attributes)\n"
+        "holder = types.ModuleType('holder_before_safeload')\n"
+        "holder.so = kept[0]\n"
+        "sys.modules[holder.__name__] = holder\n"
+        "clean = types.ModuleType('clean_before_safeload')\n"
+        "sys.modules[clean.__name__] = clean\n"
+        "import safeload\n"
+        "clean.so = kept[0]  # bound after the import-time scan\n"
+        "with safeload.patch():\n"
+        "    assert holder.so is safetensors.safe_open is not kept[0], holder.so\n"
+        "    assert clean.so is safetensors.safe_open, clean.so\n"
+        "assert holder.so is kept[0] and clean.so is kept[0] and safetensors.safe_open is kept[0]\n"
+        "print('patched and restored')\n")
+    env = {k: v for k, v in os.environ.items() if k != "SAFELOAD_PATCH"}
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "patched and restored" in run.stdout
