@@ -411,6 +411,7 @@ def test_modules_imported_before_safeload_are_patched_after_its_import_time_scan
         "assert holder.so is kept[0] and clean.so is kept[0] and safetensors.safe_open is kept[0]\n"
         "print('patched and restored')\n")
     env = {k: v for k, v in os.environ.items() if k != "SAFELOAD_PATCH"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(safeload.__file__))] + sys.path)
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "patched and restored" in run.stdout

@@ -42,9 +42,10 @@ another is compared once). A mismatch is reported as WRONG BYTES instead of a ti
 
 Order: for each page-cache condition, each round runs every (shard count, way) once, each round
 starting one run later than the one before (rotated, as safeload bench does: a run pays for what
-the run before it freed, so no way follows the same one every round). Warm: the shard files are read through the page cache before a run whenever
-mincore says they are not all resident. Cold: the run's process evicts them (posix_fadvise
-DONTNEED) before its settle wait. Each run records the resident fraction it found.
+the run before it freed, so no way follows the same one every round). Warm: the shard files are
+read through the page cache before a run whenever mincore says they are not all resident. Cold:
+the run's process evicts them (posix_fadvise DONTNEED) before its settle wait. Each run records
+the resident fraction it found.
 
 Output: one table per condition and shard count: median seconds (min-max), GB/s of tensor bytes
 (the same bytes at every shard count), each way's median time over
