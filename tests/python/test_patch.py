@@ -167,19 +167,22 @@ CHILD = """
 import site, sys
 site.addsitedir(sys.argv[1])
 print("torch" in sys.modules, "safeload" in sys.modules)
+if sys.argv[2] == "safeload first":  # the package imported before safetensors.torch
+    import safeload
 import safetensors.torch
 print(type(safetensors.torch.load_file).__module__, getattr(safetensors.torch.load_file, "__safeload_patch__", False))
 """
 
 
-@pytest.mark.parametrize("value,patched", [("1", True), ("0", False), ("", False)])
-def test_environment_variable_through_pth(tmp_path, value, patched):
+@pytest.mark.parametrize("value,patched,order", [("1", True, ""), ("0", False, ""), ("", False, ""),
+                                                  ("1", True, "safeload first")])
+def test_environment_variable_through_pth(tmp_path, value, patched, order):
     site_dir = tmp_path / "site"
     site_dir.mkdir()
     (site_dir / "safeload-autopatch.pth").write_text(open(PTH).read())
     env = dict(os.environ, SAFELOAD_PATCH=value,
                PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(safeload.__file__))] + sys.path))
-    out = subprocess.run([sys.executable, "-c", CHILD, str(site_dir)], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", CHILD, str(site_dir), order], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.split("\n")[:2]
@@ -395,8 +398,8 @@ def test_modules_imported_before_safeload_are_patched_after_its_import_time_scan
     both patched and restored."""
     script = tmp_path / "early.py"
     script.write_text(
-        "import sys, types\n"
-        "import safetensors\n"
+        "import importlib, sys, types\n"
+        "import safetensors, safetensors.torch\n"
         "kept = [safetensors.safe_open]  # out of the scan's reach (it rebinds module attributes)\n"
         "holder = types.ModuleType('holder_before_safeload')\n"
         "holder.so = kept[0]\n"
@@ -404,6 +407,7 @@ def test_modules_imported_before_safeload_are_patched_after_its_import_time_scan
         "clean = types.ModuleType('clean_before_safeload')\n"
         "sys.modules[clean.__name__] = clean\n"
         "import safeload\n"
+        "assert importlib.import_module('safeload.patch')._scan is not None  # scanned at import\n"
         "clean.so = kept[0]  # bound after the import-time scan\n"
         "with safeload.patch():\n"
         "    assert holder.so is safetensors.safe_open is not kept[0], holder.so\n"
