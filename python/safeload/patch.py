@@ -362,7 +362,8 @@ def _scan_at_import() -> None:
     transformers loaded and the process idle for 3 s before the patch, that first scan took
     0.5 ms instead of 2.3 ms (medians of 4 fresh processes each). Only once safetensors.torch
     is imported: importing it here would run the SAFELOAD_PATCH hook while safeload itself is
-    still being imported (and before it, no library that binds its names has run)."""
+    still being imported (the libraries that bind upstream's names import safetensors.torch
+    first; a module imported before it is scanned at the first patch)."""
     import sys
 
     if "safetensors.torch" not in sys.modules:
