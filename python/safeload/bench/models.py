@@ -500,8 +500,7 @@ def run(root: str, records: dict[int, dict], *, keys: list[str], conditions: lis
         for r in range(rounds):
             # Rotated as in safeload bench (runner.py): each round starts one run later, so no
             # way always follows the same one (a run pays for what the run before it freed).
-            shift = r % len(runnable) if runnable else 0
-            for n, e in runnable[shift:] + runnable[:shift]:
+            for n, e in runner.rotated(runnable, r):
                 if on_run:
                     on_run(done, total, f"{condition} {r + 1}/{rounds} {n} shards {e.label}")
                 if condition == "warm":

@@ -176,6 +176,12 @@ def loader_status(loader, device: str, interpreters: dict[str, str]) -> tuple[st
     return found["unavailable"], python, found.get("packages", {})
 
 
+def rotated(items: list, k: int) -> list:
+    """``items`` starting ``k`` places in (modulo its length): the order of round ``k``."""
+    shift = k % len(items) if items else 0
+    return items[shift:] + items[:shift]
+
+
 def _median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -393,8 +399,7 @@ def run(
             # and the new-memory probe frees the most, so a fixed order would charge the same
             # entry every round. Rotated, each entry follows it at most once in len(runnable)
             # rounds, and the medians do not carry the order.
-            shift = r % len(runnable) if runnable else 0
-            order = runnable[shift:] + runnable[:shift]
+            order = rotated(runnable, r)
             specs = [{"kind": e.kind, "key": e.key, "paths": paths, "device": device, "condition": condition,
                       "state": state, "threads": threads, "nbytes": total_bytes,
                       "settle": idle if state == "idle" else settle, "round": r} for e in order]
