@@ -324,9 +324,20 @@ UNSCANNED = sorted(set(__import__("sys").stdlib_module_names) | {"torch", "numpy
 _scan = None
 
 
+def _objects(old_to_new: Dict[int, Tuple[Any, Any]]) -> tuple:
+    """Every object of the pairs, once: what the scan looks for (the same for a patch and its
+    undo, so the scan's records serve both)."""
+    return tuple({id(x): x for pair in old_to_new.values() for x in pair}.values())
+
+
+def _patching() -> Dict[int, Tuple[Any, Any]]:
+    """(original, replacement) by the original's id: what a patch swaps."""
+    return {id(o): (o, _replacements[k]) for k, o in _originals.items()}
+
+
 def _swap(old_to_new: Dict[int, Tuple[Any, Any]], record: bool) -> None:
     """Rebinds every module attribute that is one of the ``old`` objects."""
-    objects = tuple({id(x): x for pair in old_to_new.values() for x in pair}.values())
+    objects = _objects(old_to_new)
     swapped = {id(x) for x in objects}
     for name, namespace in _scanner().holding(objects):
         for attr, value in list(namespace.items()):
@@ -370,12 +381,12 @@ def _scan_at_import() -> None:
         return
     with _lock:
         _routes()
-        _scanner().holding(tuple(_originals.values()) + tuple(_replacements.values()))
+        _scanner().holding(_objects(_patching()))
 
 
 def _apply() -> None:
     _routes()
-    _swap({id(o): (o, _replacements[k]) for k, o in _originals.items()}, record=True)
+    _swap(_patching(), record=True)
     _wrap_classes()
 
 
