@@ -163,6 +163,12 @@ def test_errors_keep_upstream_classes(saved, tmp_path):
 
 
 PTH = os.path.join(os.path.dirname(safeload.__file__), "safeload-autopatch.pth")
+
+
+def child_env(**variables) -> dict:
+    """This environment for a child Python, safeload's directory first on its path."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(safeload.__file__))]
+                                                       + sys.path), **variables)
 CHILD = """
 import site, sys
 site.addsitedir(sys.argv[1])
@@ -180,8 +186,7 @@ def test_environment_variable_through_pth(tmp_path, value, patched, order):
     site_dir = tmp_path / "site"
     site_dir.mkdir()
     (site_dir / "safeload-autopatch.pth").write_text(open(PTH).read())
-    env = dict(os.environ, SAFELOAD_PATCH=value,
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(safeload.__file__))] + sys.path))
+    env = child_env(SAFELOAD_PATCH=value)
     out = subprocess.run([sys.executable, "-c", CHILD, str(site_dir), order], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -208,8 +213,7 @@ def test_environment_variable_wraps_from_pretrained(tmp_path):
     site_dir = tmp_path / "site"
     site_dir.mkdir()
     (site_dir / "safeload-autopatch.pth").write_text(open(PTH).read())
-    env = dict(os.environ, SAFELOAD_PATCH="1",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(safeload.__file__))] + sys.path))
+    env = child_env(SAFELOAD_PATCH="1")
     out = subprocess.run([sys.executable, "-c", WRAPPED_CHILD, str(site_dir)], env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -414,8 +418,7 @@ def test_modules_imported_before_safeload_are_patched_after_its_import_time_scan
         "    assert clean.so is safetensors.safe_open, clean.so\n"
         "assert holder.so is kept[0] and clean.so is kept[0] and safetensors.safe_open is kept[0]\n"
         "print('patched and restored')\n")
-    env = {k: v for k, v in os.environ.items() if k != "SAFELOAD_PATCH"}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(safeload.__file__))] + sys.path)
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=child_env(SAFELOAD_PATCH=""), timeout=300)
     assert run.returncode == 0, run.stderr
     assert "patched and restored" in run.stdout
