@@ -1,27 +1,23 @@
 """``safeload.patch()``: route upstream's loading functions through safeload.
 
-While a patch is in force, these names resolve to safeload:
+While a patch is in force, these calls go to safeload:
 
-- ``safetensors.safe_open`` (for ``framework="pt"``/``"torch"``; other
-  frameworks still go to upstream's object) -> :class:`safeload.safe_open`;
-- ``safetensors.torch.load_file`` -> :func:`safeload.load_file`;
-- ``safetensors.torch.load`` -> :func:`safeload.load`;
-- ``safetensors.torch.load_model`` -> upstream's ``load_model``, which calls
-  ``safetensors.torch.load_file`` and so loads through safeload.
+- ``safetensors.safe_open(...)`` (for ``framework="pt"``/``"torch"``; other
+  frameworks still get upstream's object) -> a :class:`safeload.safe_open`;
+- ``safetensors.torch.load_file(...)`` -> :func:`safeload.load_file`;
+- ``safetensors.torch.load(...)`` -> :func:`safeload.load`;
+- ``safetensors.torch.load_model(...)``: upstream's, which calls
+  ``load_file`` and so loads through safeload.
 
-Modules that imported one of these names before the patch (``from
-safetensors import safe_open`` in transformers, accelerate, diffusers, ...)
-are found by scanning ``sys.modules`` for attributes that *are* the original
-objects, and patched too. The modules of the standard library and of torch,
-numpy, sympy and mpmath are not scanned (``UNSCANNED``): they bind none of
-these names (torch imports safetensors inside the functions that use it),
-and they are four in five of the modules transformers loads. A module is
-scanned once (those imported before safeload when safeload is imported) and
-again only when its namespace has gained or lost a name: one that rebinds a
-name it already had to one of these objects after its scan is not seen.
-``unpatch()`` restores every such attribute, and
-every attribute that was bound to a safeload replacement while the patch was
-in force (modules imported during the patch), to the original object.
+The objects themselves are routed, not the names bound to them: upstream's
+``safe_open`` class gets safeload's constructor (its C slot, swapped by
+``_C.interpose_new``), and ``load_file`` and ``load`` run safeload's code
+(their ``__code__``). So every name bound to them reaches safeload, whatever
+holds it and whenever it was bound: ``from safetensors import safe_open`` in
+transformers, accelerate or diffusers before or during the patch, a class
+attribute, a closure. Applying or undoing a patch swaps three things, at a
+cost that does not grow with the modules loaded; ``unpatch()`` gives the
+objects their own constructor and code back.
 
 Use it as a context manager or as a plain call::
 
@@ -67,7 +63,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+import types
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from safeload import _autopatch
 
@@ -77,8 +74,8 @@ _lock = threading.RLock()
 _depth = 0
 _generation = 0  # bumped by unpatch(), so handles from before it release nothing
 _originals: Dict[str, Any] = {}        # route -> upstream object, captured at the first patch
-_replacements: Dict[str, Any] = {}     # route -> safeload's object
-_restore: List[Tuple[Any, str, Any]] = []  # (namespace, attribute, original) replaced by the patch
+_replacements: Dict[str, Callable] = {}  # route -> what serves its calls while patched
+_own_code: Dict[str, Tuple[types.CodeType, Any, Any]] = {}  # route -> a function's code and defaults
 _counts: "collections.Counter[str]" = collections.Counter()
 
 
@@ -106,7 +103,12 @@ def _make_replacements(originals: Dict[str, Any]) -> Dict[str, Any]:
     import safeload
     from safeload.safe_open import offered
 
-    upstream_safe_open = originals["safe_open"]
+    from safeload import _C
+
+    upstream_type = originals["safe_open"]
+
+    def upstream_safe_open(*args, **kwargs):
+        return _C.upstream_new(upstream_type, *args, **kwargs)
 
     def safe_open(filename, framework, device="cpu", *, backend="mmap", **kwargs):
         """``safetensors.safe_open``, routed through ``safeload.safe_open`` for
@@ -142,19 +144,60 @@ def _make_replacements(originals: Dict[str, Any]) -> Dict[str, Any]:
         _count("tensors", len(result))
         return result
 
-    for fn, original in ((safe_open, upstream_safe_open), (load_file, originals["load_file"]),
-                         (load, originals["load"])):
-        fn.__wrapped__ = original
-        fn.__safeload_patch__ = True
     return {"safe_open": safe_open, "load_file": load_file, "load": load}
+
+
+# The code upstream's functions run while patched (their own is kept in _own_code): no free
+# variables, so it fits any function; it finds this module through sys.modules.
+def _load_file_code(filename, device="cpu", *, backend="mmap", **kwargs):
+    return __import__("sys").modules["safeload.patch"]._replacements["load_file"](
+        filename, device, backend=backend, **kwargs)
+
+
+def _load_code(data, *args, **kwargs):
+    return __import__("sys").modules["safeload.patch"]._replacements["load"](data, *args, **kwargs)
+
+
+_ROUTED_CODE = {"load_file": _load_file_code, "load": _load_code}
+
+
+def _route(name: str) -> None:
+    """Has upstream's ``name`` serve its calls by safeload's replacement."""
+    original = _originals[name]
+    if isinstance(original, type):
+        from safeload import _C
+
+        _C.interpose_new(original, _replacements[name])
+        return
+    code = _ROUTED_CODE[name]
+    if original.__code__ is code.__code__:
+        return
+    _own_code[name] = (original.__code__, original.__defaults__, original.__kwdefaults__)
+    original.__code__, original.__defaults__, original.__kwdefaults__ = (
+        code.__code__, code.__defaults__, code.__kwdefaults__)
+
+
+def _unroute(name: str) -> None:
+    """Gives upstream's ``name`` its own constructor or code back."""
+    original = _originals[name]
+    if isinstance(original, type):
+        from safeload import _C
+
+        _C.restore_new(original)
+        return
+    saved = _own_code.pop(name, None)
+    if saved is not None:
+        original.__code__, original.__defaults__, original.__kwdefaults__ = saved
 
 
 def _mapping_serves(filename, device, backend, kwargs: dict) -> bool:
     """Whether upstream's mapping should serve this call (see the module docstring); counted
     as ``mapped``. Only for arguments upstream takes: with safeload's own options, or where
-    the file cannot be opened (safeload then raises its own error), safeload serves it."""
+    the file cannot be opened (safeload then raises its own error), safeload serves it. A file
+    a from_pretrained call under way found in the page cache is not measured again."""
     from safeload import _C, _loading
     from safeload._device import device_string
+    from safeload.safe_open import file_identity
 
     if kwargs:
         return False
@@ -163,8 +206,11 @@ def _mapping_serves(filename, device, backend, kwargs: dict) -> bool:
         # The file is opened only where its residency can decide; nothing of it is parsed.
         if not _C.serve_by_mapping(backend, host, 1.0):
             return False
-        (fraction,) = _C.cached_fractions(_loading._sources([filename])[0])
-        serves = bool(_C.serve_by_mapping(backend, host, fraction))
+        if _found_mapped and file_identity(filename) in _found_mapped:
+            serves = True
+        else:
+            (fraction,) = _C.cached_fractions(_loading._sources([filename])[0])
+            serves = bool(_C.serve_by_mapping(backend, host, fraction))
     except (OSError, ValueError, TypeError):  # SafetensorError is a ValueError
         return False
     if serves:
@@ -177,9 +223,9 @@ def _take_preloaded(filename, device, kwargs: dict) -> Optional[dict]:
     None."""
     from safeload import _C, _loading
     from safeload._device import device_string
-    from safeload.safe_open import _preloads, take_preloaded
+    from safeload.safe_open import offered, take_preloaded
 
-    if kwargs or not _preloads:
+    if kwargs or not offered(filename):
         return None
     try:
         if device_string(device) != "cpu":
@@ -232,23 +278,42 @@ def _to_read(files: List[bytes]) -> List[bytes]:
             if not _C.serve_by_mapping("mmap", True, fraction)]
 
 
+#: (device, inode, size, mtime ns) of the shard files that from_pretrained calls under way found
+#: in the page cache -> how many such calls: their patched safe_open and load_file calls are
+#: mapped without measuring the files again.
+_found_mapped: "collections.Counter[tuple]" = collections.Counter()
+
+
 def _preload(source: Optional[str]):
     """Starts the preload of the shard files of ``source`` that are not in the page cache (all
-    or most of their pages); returns its withdraw function, or None."""
+    or most of their pages), and notes the others as found there; returns the function that
+    withdraws both, or None."""
     from safeload import _C, _loading
-    from safeload.safe_open import preloading
+    from safeload.safe_open import file_identity, preloading
 
     if source is None:
         return None
     try:
-        files = _to_read(_C.resolve_checkpoint(_loading._path_bytes(source))[0])
-        if not files:
-            return None
-        withdraw = preloading(_C.Checkpoint(files, b""))
+        files = _C.resolve_checkpoint(_loading._path_bytes(source))[0]
+        to_read = _to_read(files)
+        withdraw = preloading(_C.Checkpoint(to_read, b"")) if to_read else None
     except (OSError, ValueError):  # the library reports on its checkpoint as it would unpatched
         return None
-    _count("preloaded")
-    return withdraw
+    if withdraw is not None:
+        _count("preloaded")
+    found = [key for key in map(file_identity, set(files) - set(to_read)) if key is not None]
+    with _lock:
+        _found_mapped.update(found)
+
+    def end() -> None:
+        with _lock:
+            _found_mapped.subtract(found)
+            for key in found:
+                if _found_mapped[key] <= 0:
+                    del _found_mapped[key]
+        if withdraw is not None:
+            withdraw()
+    return end
 
 
 def _wrap_from_pretrained(function, single: str, index: str):
@@ -311,54 +376,6 @@ def _capture_originals() -> Dict[str, Any]:
             "load": upstream_torch.load}
 
 
-#: Top-level packages whose modules the scan leaves out (see the module docstring).
-UNSCANNED = sorted(set(__import__("sys").stdlib_module_names) | {"torch", "numpy", "sympy", "mpmath"})
-# The scan runs in C++ (_C.NamespaceScan): it records the namespaces that held
-# none of the swapped objects and scans one again only when it has gained or
-# lost a name (imports bind new names; assigning one of the objects to a name a
-# module already had, after it was scanned, is not seen). With transformers
-# loaded, a first scan walks about 540 modules and 20,000 names; later ones look
-# at each known module's namespace length only. The first scan runs when
-# safeload is imported (_scan_at_import), so a patch scans in full only the
-# modules imported after safeload.
-_scan = None
-
-
-def _objects(old_to_new: Dict[int, Tuple[Any, Any]]) -> tuple:
-    """Every object of the pairs, once: what the scan looks for (the same for a patch and its
-    undo, so the scan's records serve both)."""
-    return tuple({id(x): x for pair in old_to_new.values() for x in pair}.values())
-
-
-def _patching() -> Dict[int, Tuple[Any, Any]]:
-    """(original, replacement) by the original's id: what a patch swaps."""
-    return {id(o): (o, _replacements[k]) for k, o in _originals.items()}
-
-
-def _swap(old_to_new: Dict[int, Tuple[Any, Any]], record: bool) -> None:
-    """Rebinds every module attribute that is one of the ``old`` objects."""
-    objects = _objects(old_to_new)
-    swapped = {id(x) for x in objects}
-    for name, namespace in _scanner().holding(objects):
-        for attr, value in list(namespace.items()):
-            if id(value) not in swapped:
-                continue
-            pair = old_to_new.get(id(value))
-            if pair is not None and pair[0] is value:
-                namespace[attr] = pair[1]
-                if record:
-                    _restore.append((namespace, attr, value))
-
-
-def _scanner():
-    global _scan
-    from safeload import _C
-
-    if _scan is None:
-        _scan = _C.NamespaceScan(UNSCANNED)
-    return _scan
-
-
 def _routes() -> None:
     """Captures upstream's objects and makes safeload's replacements, once."""
     global _originals, _replacements
@@ -367,44 +384,17 @@ def _routes() -> None:
         _replacements = _make_replacements(_originals)
 
 
-def _scan_at_import() -> None:
-    """Scans the modules already imported, as a patch would, when safeload is imported: the
-    first patch then finds most namespaces recorded and checks only their lengths. With
-    transformers loaded and the process idle for 3 s before the patch, that first scan took
-    0.5 ms instead of 2.3 ms (medians of 4 fresh processes each). Only once safetensors.torch
-    is imported: importing it here would run the SAFELOAD_PATCH hook while safeload itself is
-    still being imported (the libraries that bind upstream's names import safetensors.torch
-    first; a module imported before it is scanned at the first patch)."""
-    import sys
-
-    if "safetensors.torch" not in sys.modules:
-        return
-    with _lock:
-        _routes()
-        _scanner().holding(_objects(_patching()))
-
-
 def _apply() -> None:
     _routes()
-    _swap(_patching(), record=True)
+    for name in _originals:
+        _route(name)
     _wrap_classes()
 
 
 def _undo() -> None:
     _unwrap_classes()
-    for namespace, attr, original in reversed(_restore):
-        if namespace.get(attr) is _replacements.get(_route_of(original)):
-            namespace[attr] = original
-    _restore.clear()
-    # Modules imported while the patch was in force bound the replacements.
-    _swap({id(r): (r, _originals[k]) for k, r in _replacements.items()}, record=False)
-
-
-def _route_of(original: Any) -> Optional[str]:
-    for route, obj in _originals.items():
-        if obj is original:
-            return route
-    return None
+    for name in _originals:
+        _unroute(name)
 
 
 class Patch:
@@ -469,8 +459,3 @@ def unpatch() -> bool:
         _undo()
         return True
 
-
-try:
-    _scan_at_import()
-except ImportError:  # no extension (the conformance harness runs without it): the first patch scans
-    pass

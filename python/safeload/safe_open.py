@@ -135,16 +135,23 @@ def preloading(checkpoint: Any) -> Callable[[], None]:
     return withdraw
 
 
+def file_identity(path: Any) -> Optional[Tuple[int, int, int, int]]:
+    """(device, inode, size, modification time in ns) of the file at ``path``, as a
+    ``_C.Checkpoint``'s ``identities()`` gives them; None where it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def offered(path: Any) -> bool:
     """Whether a preload offers the file at ``path`` (not yet taken)."""
     if not _preloads:
         return False
-    try:
-        st = os.stat(path)
-    except (OSError, TypeError, ValueError):
-        return False
+    key = file_identity(path)
     with _preloads_lock:
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) in _preloads
+        return key in _preloads
 
 
 def _preloaded(checkpoint: Any) -> Optional[Tuple[_SharedLoad, List[str], int]]:

@@ -19,8 +19,6 @@
 #include <optional>
 #include <string_view>
 #include <tuple>
-#include <unordered_map>
-#include <unordered_set>
 
 namespace py = pybind11;
 
@@ -205,111 +203,88 @@ py::dict report_to_dict(const LoadReport& r) {
   return d;
 }
 
-// For patch(): the modules whose namespace holds one of a few objects (upstream's
-// safe_open, load_file, load or their replacements), compared by identity entry by
-// entry. With transformers loaded, sys.modules holds about 2,500 modules and 104,000
-// names, most of them in torch and the standard library, which `skip` leaves out by
-// package name. A namespace found holding none is recorded with its length and not
-// scanned again while its length holds (imports bind new names; a name already there
-// rebound to one of the objects is not seen). The records are keyed by object
-// (strong references), not by Python dicts of tuples: right after a model load has
-// flushed the CPU caches, a pass touches little more than each scanned module's
-// namespace header, and makes no Python object until it has finished walking
-// sys.modules (so no collection can run code that imports meanwhile). A namespace
-// of a module since removed from sys.modules stays held (there are few).
-class NamespaceScan {
- public:
-  explicit NamespaceScan(const std::vector<std::string>& skip) : skip_(skip.begin(), skip.end()) {}
-
-  py::list holding(const py::tuple& objects) {
-    std::vector<PyObject*> wanted;
-    for (const py::handle& o : objects) wanted.push_back(o.ptr());
-    std::sort(wanted.begin(), wanted.end());
-    wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
-    if (wanted != wanted_) {  // other objects: what held none of the last ones may hold these
-      clean_.clear();
-      wanted_ = wanted;
-      wanted_held_.clear();  // held: no address is reused meanwhile
-      for (const py::handle& o : objects) wanted_held_.push_back(py::reinterpret_borrow<py::object>(o));
-    }
-    // Held references (a reference count, no new Python object) to what is found.
-    std::vector<std::pair<py::object, py::object>> held;
-    std::vector<std::pair<py::object, py::object>> others;  // (name, object): not modules
-    PyObject* modules = PySys_GetObject("modules");  // borrowed
-    if (modules == nullptr || !PyDict_Check(modules)) return py::list();
-    Py_ssize_t at = 0;
-    PyObject *name, *module;
-    while (PyDict_Next(modules, &at, &name, &module)) {
-      if (skipped(name)) continue;
-      if (!PyModule_Check(module)) {
-        others.emplace_back(py::reinterpret_borrow<py::object>(name), py::reinterpret_borrow<py::object>(module));
-        continue;
-      }
-      PyObject* ns = PyModule_GetDict(module);
-      if (ns != nullptr && holds(ns, wanted)) {
-        held.emplace_back(py::reinterpret_borrow<py::object>(name), py::reinterpret_borrow<py::object>(ns));
-      }
-    }
-    for (const auto& [n, o] : others) {
-      PyObject* got = PyObject_GetAttrString(o.ptr(), "__dict__");
-      if (got == nullptr) {
-        PyErr_Clear();
-        continue;
-      }
-      py::object ns = py::reinterpret_steal<py::object>(got);
-      if (PyDict_Check(ns.ptr()) && holds(ns.ptr(), wanted)) held.emplace_back(n, ns);
-    }
-    py::list out;
-    for (const auto& [n, ns] : held) out.append(py::make_tuple(n, ns));
-    return out;
-  }
-
- private:
-  bool skipped(PyObject* name) {
-    const auto hit = by_name_.find(name);
-    if (hit != by_name_.end()) return hit->second.second;
-    bool skip = false;
-    if (PyUnicode_Check(name)) {
-      Py_ssize_t size = 0;
-      const char* text = PyUnicode_AsUTF8AndSize(name, &size);
-      if (text == nullptr) {
-        PyErr_Clear();
-      } else {
-        const std::string_view full(text, static_cast<std::size_t>(size));
-        skip = skip_.count(std::string(full.substr(0, full.find('.')))) > 0;
-      }
-    }
-    by_name_.emplace(name, std::make_pair(py::reinterpret_borrow<py::object>(name), skip));
-    return skip;
-  }
-
-  // Whether `ns` holds one of `wanted`; records it as clean where it holds none.
-  bool holds(PyObject* ns, const std::vector<PyObject*>& wanted) {
-    const Py_ssize_t length = PyDict_Size(ns);
-    const auto hit = clean_.find(ns);
-    if (hit != clean_.end() && hit->second.second == length) return false;
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(ns, &pos, &key, &value)) {
-      if (std::find(wanted.begin(), wanted.end(), value) != wanted.end()) {
-        if (hit != clean_.end()) clean_.erase(hit);
-        return true;
-      }
-    }
-    if (hit != clean_.end()) {
-      hit->second.second = length;
-    } else {
-      clean_.emplace(ns, std::make_pair(py::reinterpret_borrow<py::object>(ns), length));
-    }
-    return false;
-  }
-
-  std::unordered_set<std::string> skip_;
-  std::vector<PyObject*> wanted_;  // sorted
-  std::vector<py::object> wanted_held_;
-  std::unordered_map<PyObject*, std::pair<py::object, bool>> by_name_;        // name -> skipped
-  std::unordered_map<PyObject*, std::pair<py::object, Py_ssize_t>> clean_;  // namespace -> its length
+// For patch(): the calls of an extension type (upstream's safe_open, a class made in Rust)
+// routed to a Python callable by swapping the type's constructor slot. Every name bound to
+// the type, wherever it is (a module's `from safetensors import safe_open`, a class
+// attribute, a closure), then reaches the route, and nothing has to be found and rebound.
+// The type's dictionary keeps its own __new__, which calls the slot, so the swap is one
+// pointer each way. A call to the type makes what the route returns (an object of another
+// type skips __init__, as for any constructor); `upstream_new` makes the type's own object.
+struct Interposed {
+  PyTypeObject* type;
+  newfunc original;
+  vectorcallfunc original_vectorcall;  // a vectorcall entry would bypass tp_new: cleared meanwhile
+  py::object route;                    // none: the original serves
 };
+
+std::vector<Interposed>& interposed() {
+  static auto* all = new std::vector<Interposed>();  // outlives the interpreter's teardown
+  return *all;
+}
+
+Interposed* interposed_for(PyTypeObject* type) {
+  for (Interposed& entry : interposed()) {
+    if (entry.type == type) return &entry;
+  }
+  return nullptr;
+}
+
+PyObject* routed_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
+  Interposed* entry = interposed_for(type);
+  if (entry == nullptr) {
+    PyErr_Format(PyExc_SystemError, "safeload: no constructor recorded for %s", type->tp_name);
+    return nullptr;
+  }
+  if (!entry->route || entry->route.is_none()) return entry->original(type, args, kwargs);
+  return PyObject_Call(entry->route.ptr(), args, kwargs);
+}
+
+void interpose_new(const py::type& type, const py::object& route) {
+  auto* t = reinterpret_cast<PyTypeObject*>(type.ptr());
+  if (t == &PyType_Type || t->tp_new == nullptr) {
+    throw py::type_error(std::string("safeload: cannot route the constructor of ") + t->tp_name);
+  }
+  Interposed* entry = interposed_for(t);
+  if (entry == nullptr) {
+    interposed().push_back(Interposed{t, t->tp_new, t->tp_vectorcall, py::object()});
+    entry = &interposed().back();
+    Py_INCREF(type.ptr());  // the recorded constructor belongs to a type that must outlive it
+  }
+  entry->route = route;
+  if (t->tp_new != routed_new) {
+    entry->original = t->tp_new;
+    entry->original_vectorcall = t->tp_vectorcall;
+    t->tp_new = routed_new;
+    t->tp_vectorcall = nullptr;
+    PyType_Modified(t);
+  }
+}
+
+void restore_new(const py::type& type) {
+  auto* t = reinterpret_cast<PyTypeObject*>(type.ptr());
+  Interposed* entry = interposed_for(t);
+  if (entry == nullptr || t->tp_new != routed_new) return;
+  t->tp_new = entry->original;
+  t->tp_vectorcall = entry->original_vectorcall;
+  entry->route = py::none();
+  PyType_Modified(t);
+}
+
+py::object upstream_new(const py::type& type, const py::args& args, const py::kwargs& kwargs) {
+  auto* t = reinterpret_cast<PyTypeObject*>(type.ptr());
+  const Interposed* entry = interposed_for(t);
+  const newfunc make = entry != nullptr ? entry->original : t->tp_new;
+  PyObject* keywords = PyDict_GET_SIZE(kwargs.ptr()) ? kwargs.ptr() : nullptr;
+  // As type.__call__ does: construct, then initialise an object of the type.
+  PyObject* made = make(t, args.ptr(), keywords);
+  if (made == nullptr) throw py::error_already_set();
+  py::object out = py::reinterpret_steal<py::object>(made);
+  if (PyObject_TypeCheck(made, t) && Py_TYPE(made)->tp_init != nullptr &&
+      Py_TYPE(made)->tp_init(made, args.ptr(), keywords) < 0) {
+    throw py::error_already_set();
+  }
+  return out;
+}
 
 }  // namespace
 }  // namespace safeload
@@ -443,13 +418,11 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("sizes"), py::arg("nbytes"), py::arg("candidates"),
      "Of (dim, start, stop) ranges each holding what is wanted of a tensor, the index of the cheapest to read.");
 
-  py::class_<NamespaceScan>(m, "NamespaceScan",
-      "For patch(): finds the modules whose namespace holds given objects (see NamespaceScan in C++).")
-      .def(py::init<const std::vector<std::string>&>(), py::arg("skip"),
-           "`skip`: top-level package names whose modules are never scanned.")
-      .def("holding", &NamespaceScan::holding, py::arg("objects"),
-           "[(module name, namespace)] of every module in sys.modules, but the skipped and those known "
-           "clean, whose namespace holds one of `objects` (compared by identity).");
+  m.def("interpose_new", &interpose_new, py::arg("type"), py::arg("route"),
+        "Routes every call of `type` to `route(*args, **kwargs)` (patch(); see interpose_new in C++).");
+  m.def("restore_new", &restore_new, py::arg("type"), "Gives `type` its own constructor back.");
+  m.def("upstream_new", &upstream_new, py::arg("type"),
+        "Calls `type` with its own constructor, whether or not it is routed elsewhere.");
 
   m.def("read_routes", [] {
     py::list out;

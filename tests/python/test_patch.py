@@ -30,46 +30,102 @@ def saved(tmp_path):
     safeload.unpatch()
 
 
+ORIGINAL_CODE = {name: ORIGINAL[name].__code__ for name in ("load_file", "load")}
+
+
+def _served_by_safeload(open_call, load_file_call, path, tensors) -> bool:
+    """Whether these two callables, whatever names they are bound to, reached safeload (with
+    backend="pread", which safeload reads rather than maps); the tensors are the writer's."""
+    with open_call(path, framework="pt", backend="pread") as f:
+        by_safeload = isinstance(f, safeload.safe_open)
+        assert by_safeload == (type(f) is not ORIGINAL["safe_open"])
+        assert torch.equal(f.get_tensor("w"), tensors["w"])
+    before = patching.calls().get("load_file", 0)
+    assert torch.equal(load_file_call(path, backend="pread")["b"], tensors["b"])
+    assert (patching.calls().get("load_file", 0) > before) == by_safeload
+    return by_safeload
+
+
 def test_routes_and_restores(saved):
     path, tensors = saved
     model_path = path + ".model.safetensors"
     safetensors.torch.save_file({"weight": tensors["w"], "bias": tensors["w"][0, :2].clone()}, model_path)
-    importer = types.ModuleType("imported_before_patch")  # like `from safetensors import safe_open`
-    importer.safe_open, importer.load_file = safetensors.safe_open, safetensors.torch.load_file
-    sys.modules[importer.__name__] = importer
-    try:
-        with safeload.patch() as p:
-            assert patching.is_patched()
-            assert safetensors.safe_open is not ORIGINAL["safe_open"]
-            assert importer.safe_open is safetensors.safe_open
-            assert importer.load_file is safetensors.torch.load_file
-            # backend="pread": safeload reads (a warm file under the default mmap is mapped,
-            # as upstream maps it: test_a_warm_file_is_mapped_and_a_cold_one_read).
-            with importer.safe_open(path, framework="pt", backend="pread") as f:
-                assert isinstance(f, safeload.safe_open)
-                assert torch.equal(f.get_tensor("w"), tensors["w"])
-            assert torch.equal(importer.load_file(path, backend="pread")["b"], tensors["b"])
-            assert torch.equal(safetensors.torch.load(open(path, "rb").read())["w"], tensors["w"])
-            model = torch.nn.Linear(3, 2)
-            safetensors.torch.load_model(model, model_path)  # calls the patched load_file
-            assert torch.equal(model.weight, tensors["w"]) and torch.equal(model.bias, tensors["w"][0, :2])
-            # Other frameworks still reach upstream.
-            with safetensors.safe_open(path, framework="numpy") as f:
-                assert type(f).__module__ != "safeload.safe_open"
-            late = types.ModuleType("imported_during_patch")
-            late.safe_open = safetensors.safe_open
-            sys.modules[late.__name__] = late
-        assert p.calls == {"safe_open": 1, "tensors": 5, "load_file": 1, "load": 1, "mapped": 1}
-        assert not patching.is_patched()
+    with safeload.patch() as p:
+        assert patching.is_patched()
+        # The objects are routed, not the names: every name still is upstream's object.
         assert safetensors.safe_open is ORIGINAL["safe_open"]
         assert safetensors.torch.load_file is ORIGINAL["load_file"]
-        assert safetensors.torch.load is ORIGINAL["load"]
-        assert safetensors.torch.load_model is ORIGINAL["load_model"]
-        assert importer.safe_open is ORIGINAL["safe_open"] and importer.load_file is ORIGINAL["load_file"]
-        assert late.safe_open is ORIGINAL["safe_open"]
+        assert _served_by_safeload(safetensors.safe_open, safetensors.torch.load_file, path, tensors)
+        assert torch.equal(safetensors.torch.load(open(path, "rb").read())["w"], tensors["w"])
+        model = torch.nn.Linear(3, 2)
+        safetensors.torch.load_model(model, model_path)  # calls the patched load_file
+        assert torch.equal(model.weight, tensors["w"]) and torch.equal(model.bias, tensors["w"][0, :2])
+        # Other frameworks still reach upstream.
+        with safetensors.safe_open(path, framework="numpy") as f:
+            assert type(f) is ORIGINAL["safe_open"]
+    assert p.calls == {"safe_open": 1, "tensors": 5, "load_file": 1, "load": 1, "mapped": 1}
+    assert not patching.is_patched()
+    assert {name: ORIGINAL[name].__code__ for name in ORIGINAL_CODE} == ORIGINAL_CODE
+    assert not _served_by_safeload(safetensors.safe_open, safetensors.torch.load_file, path, tensors)
+    safetensors.torch.load_model(model, model_path)  # upstream's own again, calls included
+    assert p.calls == {"safe_open": 1, "tensors": 5, "load_file": 1, "load": 1, "mapped": 1}
+
+
+def test_every_name_bound_anywhere_is_routed(saved):
+    """Names bound before or during the patch, in any module (one under torch's package name
+    too), as class attributes or in closures, and a module replaced in sys.modules: while
+    patched each call reaches safeload, and upstream again after."""
+    path, tensors = saved
+    early = types.ModuleType("torch.safeload_test_early")  # like `from safetensors import safe_open`
+    early.so, early.lf = safetensors.safe_open, safetensors.torch.load_file
+    sys.modules[early.__name__] = early
+
+    class Holder:
+        so, lf = safetensors.safe_open, safetensors.torch.load_file
+
+    def closure(so=safetensors.safe_open, lf=safetensors.torch.load_file):
+        return lambda: (so, lf)
+
+    holders = [(early.so, early.lf), (Holder.so, Holder.lf), closure()()]
+    try:
+        with safeload.patch():
+            late = types.ModuleType("safeload_test_late")
+            late.so, late.lf = safetensors.safe_open, safetensors.torch.load_file
+            sys.modules[early.__name__] = late  # another namespace under the same name
+            for so, lf in holders + [(late.so, late.lf), (safetensors.torch.safe_open, safetensors.torch.load_file)]:
+                assert _served_by_safeload(so, lf, path, tensors)
+        for so, lf in holders + [(late.so, late.lf)]:
+            assert not _served_by_safeload(so, lf, path, tensors)
     finally:
-        sys.modules.pop("imported_before_patch", None)
-        sys.modules.pop("imported_during_patch", None)
+        sys.modules.pop(early.__name__, None)
+
+
+def test_the_routed_constructor_keeps_upstreams_object_model(saved):
+    """While patched, upstream's class still makes its own objects where upstream serves
+    (another framework), through its __new__ too, and raises its own errors; unpatched, its
+    constructor is its own again."""
+    path, _ = saved
+    upstream = ORIGINAL["safe_open"]
+    bad = path + ".bad"
+    with open(bad, "wb") as f:
+        f.write(b"\x05\x00\x00\x00\x00\x00\x00\x00{}")
+
+    def errors():
+        raised = []
+        for target in (bad, path + ".missing"):
+            with pytest.raises(Exception) as e:
+                upstream(target, framework="numpy")
+            raised.append((type(e.value), str(e.value)))
+        return raised
+
+    unpatched = errors()
+    assert unpatched[0][0] is safetensors.SafetensorError
+    with safeload.patch():
+        handle = upstream.__new__(upstream, path, framework="numpy")
+        assert type(handle) is upstream and handle.keys() == ["b", "w"]
+        assert errors() == unpatched
+        assert isinstance(upstream.__new__(upstream, path, "pt", backend="pread"), safeload.safe_open)
+    assert type(upstream.__new__(upstream, path, "pt", backend="pread")) is upstream
 
 
 def evict_or_skip(path: str) -> None:
@@ -107,40 +163,17 @@ def test_a_warm_file_is_mapped_and_a_cold_one_read(tmp_path_factory):
     assert p.calls["mapped"] >= 3 and p.calls["safe_open"] == 2
 
 
-def test_modules_scanned_before_are_seen_when_they_change(saved):
-    """A module scanned by an earlier patch and found to hold none of the
-    objects is skipped by later patches only while its namespace is unchanged:
-    one that has since imported ``safe_open``, or been replaced in
-    ``sys.modules``, is patched and restored like any other."""
-    quiet = types.ModuleType("scanned_before_it_imported")
-    sys.modules[quiet.__name__] = quiet
-    try:
-        with safeload.patch():
-            assert not hasattr(quiet, "safe_open")
-        quiet.safe_open = ORIGINAL["safe_open"]  # a later `from safetensors import safe_open`
-        replaced = types.ModuleType(quiet.__name__)
-        with safeload.patch():
-            assert quiet.safe_open is safetensors.safe_open is not ORIGINAL["safe_open"]
-            replaced.load_file = ORIGINAL["load_file"]
-            sys.modules[quiet.__name__] = replaced  # another namespace under the same name
-        assert quiet.safe_open is ORIGINAL["safe_open"]
-        with safeload.patch():
-            assert replaced.load_file is safetensors.torch.load_file is not ORIGINAL["load_file"]
-        assert replaced.load_file is ORIGINAL["load_file"]
-    finally:
-        sys.modules.pop("scanned_before_it_imported", None)
-
-
 def test_nesting_and_plain_calls(saved):
     outer = safeload.patch()
     with safeload.patch():
         assert patching.is_patched()
     assert patching.is_patched()  # the outer plain call is still in force
-    patched = safetensors.torch.load_file
+    patched = safetensors.torch.load_file.__code__
+    assert patched is not ORIGINAL_CODE["load_file"]
     safeload.patch()
-    assert safetensors.torch.load_file is patched  # patching twice does not wrap twice
+    assert safetensors.torch.load_file.__code__ is patched  # patching twice does not wrap twice
     assert safeload.unpatch() is True  # undoes every patch in force
-    assert safetensors.torch.load_file is ORIGINAL["load_file"]
+    assert safetensors.torch.load_file.__code__ is ORIGINAL_CODE["load_file"]
     assert safeload.unpatch() is False
     outer.release()  # a handle from before unpatch() releases nothing later
     with safeload.patch():
@@ -176,7 +209,7 @@ print("torch" in sys.modules, "safeload" in sys.modules)
 if sys.argv[2] == "safeload first":  # the package imported before safetensors.torch
     import safeload
 import safetensors.torch
-print(type(safetensors.torch.load_file).__module__, getattr(safetensors.torch.load_file, "__safeload_patch__", False))
+print(safetensors.torch.load_file.__code__.co_filename.endswith("patch.py"))
 """
 
 
@@ -192,7 +225,7 @@ def test_environment_variable_through_pth(tmp_path, value, patched, order):
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.split("\n")[:2]
     assert first == "False False"  # the hook imports neither torch nor safeload at start
-    assert second.endswith("True" if patched else "False"), out.stdout + out.stderr
+    assert second == ("True" if patched else "False"), out.stdout + out.stderr
 
 
 WRAPPED_CHILD = """
@@ -322,6 +355,36 @@ def test_from_pretrained_preloads_only_the_shards_not_in_the_page_cache(tmp_path
     assert not sys.modules["safeload.safe_open"]._preloads
 
 
+def test_from_pretrained_measures_a_warm_checkpoint_once(tmp_path, monkeypatch):
+    """The page-cache residency of a warm checkpoint's shards is measured once, by the
+    from_pretrained wrapper; the library's safe_open calls reuse what it found, and the
+    finding ends with the call."""
+    from safeload import _C
+
+    transformers = pytest.importorskip("transformers")
+    state, shards = _small_llama(tmp_path)
+    for path in shards:
+        with open(path, "rb") as f:
+            f.read()
+    measured = []
+
+    def fractions(paths):
+        measured.append(len(paths))
+        return [1.0] * len(paths)  # as found in the page cache, whatever this machine keeps
+
+    monkeypatch.setattr(_C, "cached_fractions", fractions)
+    try:
+        with safeload.patch() as p:
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    finally:
+        safeload.unpatch()
+    assert measured == [len(shards)], measured
+    assert p.calls.get("mapped") == len(shards) and "preloaded" not in p.calls, p.calls
+    assert not patching._found_mapped
+    got = loaded.state_dict()
+    assert all(torch.equal(got[k], state[k]) for k in state)
+
+
 def test_a_preloaded_shard_is_taken_even_where_mapping_would_serve(tmp_path, monkeypatch):
     """The patched safe_open takes a file the preload offers before asking whether mapping
     would serve it: a preload is never read in vain beside a mapping of the same file."""
@@ -375,50 +438,3 @@ def test_a_preload_is_withdrawn_when_from_pretrained_raises(tmp_path, cold):
     with pytest.raises(KeyboardInterrupt):
         wrapped(object, str(tmp_path))
     assert not preloads
-
-
-def test_the_packages_left_unscanned(saved):
-    """The scan leaves out the standard library and torch, numpy, sympy and mpmath (none binds
-    safetensors' names); every other module is patched, ``__main__`` too."""
-    assert "__main__" not in patching.UNSCANNED and "transformers" not in patching.UNSCANNED
-    unscanned = types.ModuleType("torch.safeload_test_unscanned")
-    scanned = types.ModuleType("torchlike_safeload_test")
-    for module in (unscanned, scanned):
-        module.safe_open = safetensors.safe_open
-        sys.modules[module.__name__] = module
-    try:
-        with safeload.patch():
-            assert scanned.safe_open is safetensors.safe_open is not ORIGINAL["safe_open"]
-            assert unscanned.safe_open is ORIGINAL["safe_open"]
-        assert scanned.safe_open is ORIGINAL["safe_open"]
-    finally:
-        for module in (unscanned, scanned):
-            sys.modules.pop(module.__name__, None)
-
-
-def test_modules_imported_before_safeload_are_patched_after_its_import_time_scan(tmp_path):
-    """safeload scans the modules already imported when it is imported; a module found
-    holding upstream's objects then, and one found holding none that binds one later, are
-    both patched and restored."""
-    script = tmp_path / "early.py"
-    script.write_text(
-        "import importlib, sys, types\n"
-        "import safetensors, safetensors.torch\n"
-        "kept = [safetensors.safe_open]  # out of the scan's reach (it rebinds module attributes)\n"
-        "holder = types.ModuleType('holder_before_safeload')\n"
-        "holder.so = kept[0]\n"
-        "sys.modules[holder.__name__] = holder\n"
-        "clean = types.ModuleType('clean_before_safeload')\n"
-        "sys.modules[clean.__name__] = clean\n"
-        "import safeload\n"
-        "assert importlib.import_module('safeload.patch')._scan is not None  # scanned at import\n"
-        "clean.so = kept[0]  # bound after the import-time scan\n"
-        "with safeload.patch():\n"
-        "    assert holder.so is safetensors.safe_open is not kept[0], holder.so\n"
-        "    assert clean.so is safetensors.safe_open, clean.so\n"
-        "assert holder.so is kept[0] and clean.so is kept[0] and safetensors.safe_open is kept[0]\n"
-        "print('patched and restored')\n")
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         env=child_env(SAFELOAD_PATCH=""), timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert "patched and restored" in run.stdout
