@@ -236,7 +236,8 @@ PyObject* routed_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
     return nullptr;
   }
   if (!entry->route || entry->route.is_none()) return entry->original(type, args, kwargs);
-  return PyObject_Call(entry->route.ptr(), args, kwargs);
+  const py::object route = entry->route;  // held: an unpatch during the call drops the entry's
+  return PyObject_Call(route.ptr(), args, kwargs);
 }
 
 void interpose_new(const py::type& type, const py::object& route) {
