@@ -48,7 +48,8 @@ once, while the library builds the model, every shard file that the patched
 ``safe_open`` would read rather than map (below), and the library's
 ``safe_open`` and ``load_file`` calls take those files from that load
 (``safe_open.preloading``); what was not taken is freed when the call
-returns. Counted as ``preloaded``.
+returns. Counted as ``preloaded``. The shard files it finds in the page
+cache are not measured again by the library's calls during it.
 
 Never slower than upstream: where the caller asked for a mapping (upstream's
 default ``backend="mmap"``), the tensors go to the CPU, and the page cache
