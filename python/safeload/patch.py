@@ -307,11 +307,9 @@ def _preload(source: Optional[str]):
         _found_mapped.update(found)
 
     def end() -> None:
+        global _found_mapped
         with _lock:
-            _found_mapped.subtract(found)
-            for key in found:
-                if _found_mapped[key] <= 0:
-                    del _found_mapped[key]
+            _found_mapped -= collections.Counter(found)  # in place; keeps the positive counts only
         if withdraw is not None:
             withdraw()
     return end
