@@ -34,14 +34,14 @@ print(" ".join(dict.fromkeys(d for d in deps if d.split(">")[0].split("=")[0].st
 endef
 export PYPROJECT_REQUIREMENTS
 
-.PHONY: demo test test-cpp test-python test-package build deps system-deps venv develop install-check bench clean \
+.PHONY: demo test test-cpp test-python test-interpose test-package build deps system-deps venv develop install-check bench clean \
   device-prep device-check
 
 demo: build
 	$(PY) -m safeload demo
 
 test: build
-	$(MAKE) --no-print-directory test-cpp test-python test-package test-sanitize fuzz-smoke
+	$(MAKE) --no-print-directory test-cpp test-python test-interpose test-package test-sanitize fuzz-smoke
 
 test-cpp: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -55,6 +55,30 @@ build: deps
 	  cmake -S . -B $(BUILD) -DPython3_EXECUTABLE="$(PY_ABS)" -DCMAKE_BUILD_TYPE=Release; fi
 	cmake --build $(BUILD) --parallel $(JOBS)
 	@$(MAKE) --no-print-directory develop
+
+# patch()'s constructor routing (python/src/interpose.cpp) against upstream's real safe_open
+# under other Pythons than this environment's, where safeload's own module cannot be built
+# (no torch for them here): the routing alone, built as tests/interpose/probe.cpp, per
+# PYTHON:SAFETENSORS case, in an environment of its own. The interpreter is pythonX.Y on the
+# PATH or pyenv's; one not installed is reported and skipped; the environment's own Python runs the same check on safeload._C.
+INTERPOSE_CASES ?= 3.12:0.8.0 3.12:0.9.0rc1 3.13:0.8.0
+INTERPOSE_BUILD := $(BUILD_ABS)/interpose
+test-interpose: build
+	$(PY) tests/interpose/check.py safeload._C
+	@for case in $(INTERPOSE_CASES); do \
+	  minor=$${case%%:*}; version=$${case#*:}; env="$(INTERPOSE_BUILD)/$$minor-$$version"; python=; \
+	  for c in python$$minor $$(ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$$minor.*/bin/python$$minor 2>/dev/null \
+	      | sort -V | tail -1); do if "$$c" -c '' 2>/dev/null; then python=$$c; break; fi; done; \
+	  if [ -z "$$python" ]; then echo "test-interpose: no Python $$minor here; skipped"; continue; fi; \
+	  if [ ! -f "$$env/.deps-installed" ]; then \
+	    rm -rf "$$env" && "$$python" -m venv "$$env" && \
+	    "$$env/bin/python" -m pip install -q --disable-pip-version-check pybind11 numpy "safetensors==$$version" && \
+	    touch "$$env/.deps-installed" || exit 1; fi; \
+	  ext=$$("$$env/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))'); \
+	  $(CXX) -O1 -std=c++17 -shared -fPIC -Wall -Wextra -Werror -Ipython/src $$("$$env/bin/python" -m pybind11 --includes) \
+	    tests/interpose/probe.cpp python/src/interpose.cpp -o "$$env/_interpose_probe$$ext" || exit 1; \
+	  PYTHONPATH="$$env" "$$env/bin/python" tests/interpose/check.py _interpose_probe || exit 1; \
+	done
 
 # The C++ package as a consumer sees it: install it from $(BUILD) into a
 # prefix, build examples/cpp against it with find_package(safeload), run it.
