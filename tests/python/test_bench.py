@@ -346,6 +346,28 @@ def test_models_command_times_each_shard_count_and_checks_bytes(tiny_checkpoints
             assert [r["checksum"] for r in runs] == [doc["checkpoints"][str(block["shards"])]["checksum"]]
 
 
+def test_models_table_counts_the_rounds_a_patched_way_won():
+    """Pairs are the two ways' runs of the same round; a run without a time, or with wrong
+    bytes, pairs with nothing."""
+    def runs(*seconds):
+        return [{"seconds": s} if s is not None else {"error": "failed"} for s in seconds]
+
+    block = {"condition": "warm", "shards": 1, "runs": {
+        "transformers": runs(1.5, 1.5, 1.5, 1.5, 1.5),
+        "transformers-patched": runs(1.0, 2.0, 1.4, None) + [{"seconds": 1.2, "wrong_bytes": True}]}}
+    assert models.rounds_faster(block, "transformers-patched") == (2, 3)
+    assert models.rounds_faster(block, "transformers") is None  # not a patched way
+    assert models.rounds_faster({"runs": {"transformers-patched": runs(1.0)}}, "transformers-patched") is None
+    rows = [{"key": k, "label": k, "seconds_median": 1.5, "seconds_min": 1.0, "seconds_max": 2.0, "gbps_median": 1.0}
+            for k in ("transformers", "transformers-patched")]
+    rows[1]["time_over_shipped"] = 1.0
+    doc = {"model": {"family": "llama", "hidden": 64, "layers": 2, "vocab": 1000, "tensors": 1, "tensor_bytes": 1},
+           "rounds": 5, "checkpoints": {"1": {"files": [{"bytes": 1}]}}, "results": [{**block, "rows": rows}]}
+    lines = models.table(doc).splitlines()
+    assert lines[-1].startswith("  transformers-patched") and lines[-1].endswith("1.00  2/3 rounds")
+    assert lines[-2].startswith("  transformers ") and "rounds" not in lines[-2]  # the shipped way: no count
+
+
 def test_models_rounds_start_one_run_later(monkeypatch, tiny_checkpoints):
     """As in safeload bench: no (shard count, way) follows the same one every round."""
     root, records = tiny_checkpoints

@@ -49,7 +49,8 @@ the resident fraction it found.
 
 Output: one table per condition and shard count: median seconds (min-max), GB/s of tensor bytes
 (the same bytes at every shard count), each way's median time over
-safeload.load_checkpoint's, and a patched way's median time over its shipped way's; --json writes every run
+safeload.load_checkpoint's, and a patched way's median time over its shipped way's with the number of
+rounds in which its run was the faster of the round's two; --json writes every run
 (a ``-patched`` run also records ``seconds_patch``: applying and releasing the patch, inside the clock).
 """
 from __future__ import annotations
@@ -583,6 +584,21 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def rounds_faster(block: dict, key: str) -> tuple[int, int] | None:
+    """For a patched way of a results block: in how many rounds its run took less time than its
+    shipped way's run of the same round, of the rounds where both were timed, as (faster,
+    rounds); None where there is no such pair. The two runs of a round are minutes apart at
+    most, so the count is not moved by the machine drifting over a long run, as a ratio of
+    medians can be."""
+    runs = block.get("runs", {})
+    shipped = shipped_way(key)
+    if shipped is None or key not in runs or shipped not in runs:
+        return None
+    pairs = [(a["seconds"], b["seconds"]) for a, b in zip(runs[key], runs[shipped])
+             if "seconds" in a and "seconds" in b and not a.get("wrong_bytes") and not b.get("wrong_bytes")]
+    return (sum(a < b for a, b in pairs), len(pairs)) if pairs else None
+
+
 def table(doc: dict) -> str:
     m = doc["model"]
     spec = ModelSpec(**{f.name: m[f.name] for f in dataclasses.fields(ModelSpec) if f.name in m})
@@ -598,15 +614,17 @@ def table(doc: dict) -> str:
         lines.append(f"\npage cache {block['condition']}, {n} shard{'s' if n > 1 else ''} "
                      f"({sum(f['bytes'] for f in files) / 2**20:.1f} MiB in files)")
         lines.append(f"  {'way':<42} {'median s (min-max)':>23} {'GB/s':>6}  time / load_checkpoint's"
-                     "  patched / shipped")
+                     "  patched / shipped  faster in")
         for row in block["rows"]:
             if "seconds_median" in row:
                 ratio = row.get("time_over_load_checkpoint")
                 shipped = row.get("time_over_shipped")
+                faster = rounds_faster(block, row["key"])
                 spread = f"{row['seconds_median']:.3f} ({row['seconds_min']:.3f}-{row['seconds_max']:.3f})"
                 lines.append(f"  {row['label']:<42} {spread:>23} {row['gbps_median']:6.2f}  "
                              f"{'' if ratio is None else f'{ratio:5.2f}x':>24}"
-                             f"{'' if shipped is None else f'{shipped:19.2f}'}")
+                             f"{'' if shipped is None else f'{shipped:19.2f}'}"
+                             f"{'' if faster is None else f'  {faster[0]}/{faster[1]} rounds'}")
             else:
                 lines.append(f"  {row['label']:<42} {row['status']}")
                 for why in row.get("mismatch", []):
