@@ -57,10 +57,11 @@ build: deps
 	@$(MAKE) --no-print-directory develop
 
 # patch()'s constructor routing (python/src/interpose.cpp) against upstream's real safe_open
-# under other Pythons than this environment's, where safeload's own module cannot be built
-# (no torch for them here): the routing alone, built as tests/interpose/probe.cpp, per
-# PYTHON:SAFETENSORS case, in an environment of its own. The interpreter is pythonX.Y on the
-# PATH or pyenv's; one not installed is reported and skipped; the environment's own Python runs the same check on safeload._C.
+# under other Pythons than the environment's, for which safeload's own module is not built
+# (torch is installed for the environment's Python only): the routing alone, built as
+# tests/interpose/probe.cpp, per MINOR:SAFETENSORS case, in an environment of its own. The
+# interpreter is pythonX.Y on the PATH or pyenv's; one not installed is reported and skipped.
+# The environment's own Python runs the same check on safeload._C.
 INTERPOSE_CASES ?= 3.12:0.8.0 3.12:0.9.0rc1 3.13:0.8.0
 INTERPOSE_BUILD := $(BUILD_ABS)/interpose
 test-interpose: build

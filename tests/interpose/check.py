@@ -1,6 +1,7 @@
 """The constructor routing that safeload.patch() puts on upstream's ``safe_open``, checked
-against upstream's real class under the running Python (3.12 and 3.13 specialise and cache
-calls differently from 3.11, where the package's own tests run).
+against upstream's real class under the running Python: how the interpreter specialises calls
+and caches type lookups changes from version to version, and the package's own tests run
+under one version only.
 
     python check.py MODULE      (MODULE: _interpose_probe, or safeload._C)
 
