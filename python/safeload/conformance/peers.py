@@ -109,15 +109,17 @@ def _upstream_issue(r) -> str:
     return ""
 
 
-def measure(peer: Peer, python: str | None, log=lambda s: None) -> dict[str, Any] | None:
-    """Run one peer; None if it is not available here."""
+def measure(peer: Peer, python: str | None, log=lambda s: None,
+            property_cases: int = PROPERTY_CASES) -> dict[str, Any] | None:
+    """Run one peer; None if it is not available here. ``property_cases`` below the table's
+    (the drift test, which does not compare the property counts) leaves the rest unchanged."""
     from safeload.conformance.runner import LoaderUnavailable, WorkerStartError, run
 
     interpreter = python or sys.executable
     corpus = load_corpus()
     try:
         report: Report = run(spec(peer.adapter), devices=list(peer.devices), cases=corpus,
-                             property_cases=PROPERTY_CASES, seed=SEED, checks=CHECKS, generated=True,
+                             property_cases=property_cases, seed=SEED, checks=CHECKS, generated=True,
                              strict_codes=peer.strict_codes, python=python, timeout=60, log=log)
     except (LoaderUnavailable, WorkerStartError) as e:
         log(f"{peer.key}: not run: {e}")
