@@ -80,7 +80,7 @@ with tempfile.TemporaryDirectory() as tmp:
     check("upstream refuses a bad header", bad_outcome[0] == "raised")
     refs = sys.getrefcount(route)
 
-    for rounds in range(2):  # routed, restored, and the same again
+    for _ in range(2):  # routed, restored, and the same again
         probe.interpose_new(upstream, route)
         probe.interpose_new(upstream, route)  # twice: still one route, the original kept
         for name, site in sites().items():
