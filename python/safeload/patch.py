@@ -282,34 +282,68 @@ def _to_read(files: List[bytes]) -> List[bytes]:
 #: (device, inode, size, mtime ns) of the shard files that from_pretrained calls under way found
 #: in the page cache -> how many such calls: their patched safe_open and load_file calls are
 #: mapped without measuring the files again.
-_found_mapped: "collections.Counter[tuple]" = collections.Counter()
+#: A plain dict, counted by hand: Counter.update and Counter(...) ask whether their argument
+#: is a Mapping, and with transformers loaded that ABC check walked hundreds of classes
+#: (5-11 ms at the first warm from_pretrained of a fresh process).
+_found_mapped: Dict[tuple, int] = {}
+
+
+def _shard_files(source: str) -> Optional[List[bytes]]:
+    """The shard files of a from_pretrained checkpoint (its index or its one file), as the
+    core's ``resolve_checkpoint`` names them; None for an index that names none or names one
+    outside its directory (the library then reports on it as it would unpatched).
+
+    Read with Python's json, not the core's reader: this runs on every patched
+    from_pretrained, a warm one included, and the library reads the same index with json
+    next, while the core's reader, whose code nothing else has run yet in such a process,
+    took milliseconds longer at its first call (measured in the README)."""
+    import json
+    import os
+
+    raw = os.fsencode(source)
+    if not raw.endswith(b".json"):
+        return [raw]
+    with open(raw, "rb") as f:
+        weight_map = json.load(f).get("weight_map")
+    names = list(weight_map.values()) if isinstance(weight_map, dict) else []
+    if not names or not all(isinstance(n, str) and n and not n.startswith("/") and ".." not in n.split("/")
+                            for n in names):
+        return None
+    directory = os.path.dirname(raw)
+    return sorted({os.path.join(directory, os.fsencode(n)) for n in names})
 
 
 def _preload(source: Optional[str]):
     """Starts the preload of the shard files of ``source`` that are not in the page cache (all
     or most of their pages), and notes the others as found there; returns the function that
     withdraws both, or None."""
-    from safeload import _C, _loading
+    from safeload import _C
     from safeload.safe_open import file_identity, preloading
 
     if source is None:
         return None
     try:
-        files = _C.resolve_checkpoint(_loading._path_bytes(source))[0]
+        files = _shard_files(source)
+        if files is None:
+            return None
         to_read = _to_read(files)
         withdraw = preloading(_C.Checkpoint(to_read, b"")) if to_read else None
-    except (OSError, ValueError):  # the library reports on its checkpoint as it would unpatched
+    except (OSError, ValueError, AttributeError, RecursionError):
+        # The library reports on its checkpoint as it would unpatched.
         return None
     if withdraw is not None:
         _count("preloaded")
     found = [key for key in map(file_identity, set(files) - set(to_read)) if key is not None]
     with _lock:
-        _found_mapped.update(found)
+        for key in found:
+            _found_mapped[key] = _found_mapped.get(key, 0) + 1
 
     def end() -> None:
-        global _found_mapped
         with _lock:
-            _found_mapped -= collections.Counter(found)  # in place; keeps the positive counts only
+            for key in found:
+                left = _found_mapped.pop(key) - 1
+                if left:
+                    _found_mapped[key] = left
         if withdraw is not None:
             withdraw()
     return end

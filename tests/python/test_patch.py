@@ -427,6 +427,69 @@ def test_which_from_pretrained_calls_are_preloaded(tmp_path):
     assert source(tmp_path, None) is None  # more positional arguments than a path
 
 
+def test_shard_files_are_those_the_core_resolves(tmp_path):
+    """The wrapper reads the index with json; the shard files it names are the core resolver's
+    (the oracle), and where the core refuses an index the wrapper preloads nothing."""
+    import json
+
+    from safeload import _C
+
+    def index(weight_map, name="model.safetensors.index.json") -> str:
+        path = tmp_path / name
+        path.write_text(weight_map if isinstance(weight_map, str) else json.dumps({"weight_map": weight_map}))
+        return str(path)
+
+    accepted = [
+        lambda: index({"a": "s-2.safetensors", "b": "s-1.safetensors", "c": "s-2.safetensors",
+                       "d": "sub/s-3.safetensors"}),
+        lambda: index({"x": "one.safetensors"}, "other.index.json"),
+        lambda: index(json.dumps({"metadata": {"total_size": 1}, "weight_map": {"w": "./dot/w.safetensors"}})),
+        lambda: str(tmp_path / "model.safetensors"),
+    ]
+    for write in accepted:  # each written, then read both ways, before the next overwrites it
+        source = write()
+        files = patching._shard_files(source)
+        assert files == _C.resolve_checkpoint(os.fsencode(source))[0], source
+    refused = [{"a": "/abs.safetensors"}, {"a": "../up.safetensors"}, {"a": "sub/../../up.safetensors"},
+               {"a": ""}, {}, {"a": 3}, {"a": ["list"]}, "[1, 2]", '{"weight_map": []}', "{not json", "{}"]
+    for weight_map in refused:
+        source = index(weight_map)
+        with pytest.raises(safeload.SafetensorError):
+            _C.resolve_checkpoint(os.fsencode(source))
+        try:
+            files = patching._shard_files(source)
+        except (ValueError, AttributeError):  # what _preload takes as "no preload"
+            files = None
+        assert files is None, weight_map
+
+
+def test_a_warm_checkpoint_is_found_without_an_abc_check(tmp_path, monkeypatch):
+    """Deciding that a warm checkpoint needs no preload, and ending that decision, ask no
+    isinstance question of an abstract base class: with transformers loaded, the first such
+    question of a fresh process walks every class registered under it (milliseconds, see the
+    README)."""
+    import abc
+
+    from safeload import _C
+
+    state, shards = _small_llama(tmp_path)
+    monkeypatch.setattr(_C, "cached_fractions", lambda paths: [1.0] * len(paths))
+    asked = []
+    own = abc.ABCMeta.__instancecheck__
+
+    def instancecheck(cls, instance):
+        asked.append((cls, type(instance)))
+        return own(cls, instance)
+
+    monkeypatch.setattr(abc.ABCMeta, "__instancecheck__", instancecheck)
+    end = patching._preload(str(tmp_path / "model.safetensors.index.json"))
+    found = dict(patching._found_mapped)
+    end()
+    monkeypatch.undo()
+    assert asked == []
+    assert sorted(found.values()) == [1] * len(shards) and not patching._found_mapped
+
+
 def test_a_preload_is_withdrawn_when_from_pretrained_raises(tmp_path, cold):
     tensors = {"w": torch.arange(1000, dtype=torch.float32)}
     safetensors.torch.save_file(tensors, str(tmp_path / "model.safetensors"))
