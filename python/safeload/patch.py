@@ -306,11 +306,13 @@ def _shard_files(source: str) -> Optional[List[bytes]]:
     with open(raw, "rb") as f:
         weight_map = json.load(f).get("weight_map")
     names = list(weight_map.values()) if isinstance(weight_map, dict) else []
-    if not names or not all(isinstance(n, str) and n and not n.startswith("/") and ".." not in n.split("/")
-                            for n in names):
+    if not all(isinstance(n, str) for n in names):
+        return None
+    names = set(names)  # a name per tensor; one per shard from here
+    if not names or not all(n and not n.startswith("/") and ".." not in n.split("/") for n in names):
         return None
     directory = os.path.dirname(raw)
-    return sorted({os.path.join(directory, os.fsencode(n)) for n in names})
+    return sorted(os.path.join(directory, os.fsencode(n)) for n in names)
 
 
 def _preload(source: Optional[str]):
