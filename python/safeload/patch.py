@@ -290,8 +290,9 @@ _found_mapped: Dict[tuple, int] = {}
 
 def _shard_files(source: str) -> Optional[List[bytes]]:
     """The shard files of a from_pretrained checkpoint (its index or its one file), as the
-    core's ``resolve_checkpoint`` names them; None for an index that names none or names one
-    outside its directory (the library then reports on it as it would unpatched).
+    core's ``resolve_checkpoint`` names them; None for an index the core refuses for its
+    names: none, one that is not a string, or one outside its directory (the library then
+    reports on it as it would unpatched).
 
     Read with Python's json, not the core's reader: this runs on every patched
     from_pretrained, a warm one included, and the library reads the same index with json

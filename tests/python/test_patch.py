@@ -472,7 +472,7 @@ def test_a_warm_checkpoint_is_found_without_an_abc_check(tmp_path, monkeypatch):
 
     from safeload import _C
 
-    state, shards = _small_llama(tmp_path)
+    _, shards = _small_llama(tmp_path)
     monkeypatch.setattr(_C, "cached_fractions", lambda paths: [1.0] * len(paths))
     asked = []
     own = abc.ABCMeta.__instancecheck__
