@@ -1,5 +1,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
 
 #include <algorithm>
 #include <utility>
@@ -92,6 +95,29 @@ double CacheMap::cached_fraction(std::uint64_t offset, std::uint64_t length) con
     return true;
   });
   return static_cast<double>(hits) / static_cast<double>(seen);
+}
+
+double CacheMap::file_fraction(const File& file) {
+  if (file.size() == 0) return 1.0;
+#if defined(__linux__) && (defined(__NR_cachestat) || defined(__x86_64__) || defined(__aarch64__))
+#ifndef __NR_cachestat
+  constexpr long kCachestat = 451;  // the same on x86-64 and arm64 (Linux 6.5); older headers lack it
+#else
+  constexpr long kCachestat = __NR_cachestat;
+#endif
+  struct {
+    std::uint64_t offset, length;
+  } range{0, file.size()};
+  struct {
+    std::uint64_t cache, dirty, writeback, evicted, recently_evicted;
+  } stat{};
+  const long page = ::sysconf(_SC_PAGESIZE);
+  if (page > 0 && ::syscall(kCachestat, file.fd(), &range, &stat, 0) == 0) {
+    const std::uint64_t pages = (file.size() + static_cast<std::uint64_t>(page) - 1) / static_cast<std::uint64_t>(page);
+    return std::min(1.0, static_cast<double>(stat.cache) / static_cast<double>(pages));
+  }
+#endif
+  return of(file).cached_fraction(0, file.size());  // no cachestat here (ENOSYS, or refused): sampled
 }
 
 }  // namespace safeload::fast

@@ -53,7 +53,7 @@ cache are not measured again by the library's calls during it.
 
 Never slower than upstream: where the caller asked for a mapping (upstream's
 default ``backend="mmap"``), the tensors go to the CPU, and the page cache
-holds the file but for scattered pages (95% of sampled pages), upstream's
+holds the file but for scattered pages (95% of its pages), upstream's
 own ``safe_open``/``load_file`` serve it: a mapping hands out the page
 cache's pages, while any read must first write every destination page anew,
 which a warm load cannot win (``fast::serve_by_mapping`` in C++ decides; see

@@ -366,11 +366,12 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     for (const PathBytes& path : paths) {
       const File file = File::open(path);
-      out.push_back(fast::CacheMap::of(file).cached_fraction(0, file.size()));
+      out.push_back(fast::CacheMap::file_fraction(file));
     }
     return out;
   }, py::arg("paths"),
-     "Of each whole file, the fraction of its pages in the page cache (sampled; may be stale at once). Opens "
+     "Of each whole file, the fraction of its pages in the page cache (counted where the kernel can, else "
+     "sampled; may be stale at once). Opens "
      "each file and reads nothing: what serve_by_mapping weighs, asked before anything is parsed.");
 
   m.def("read_ahead_pays", [](std::size_t tensors, std::size_t asked, std::size_t whole_reads,

@@ -141,6 +141,49 @@ def evict_or_skip(path: str) -> None:
     pytest.skip(f"{path} stays in the page cache here")
 
 
+def _kernel_counts_cached_pages() -> bool:
+    """Whether this kernel answers cachestat(2) (Linux 6.5+; x86-64 and arm64 here)."""
+    import ctypes
+    import platform
+
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(__file__, os.O_RDONLY)
+    try:
+        span, out = (ctypes.c_uint64 * 2)(0, 1), (ctypes.c_uint64 * 5)()
+        return libc.syscall(451, fd, span, out, 0) == 0
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not _kernel_counts_cached_pages(), reason="the kernel has no cachestat(2): safeload samples")
+def test_a_files_cached_fraction_is_counted_not_sampled(tmp_path_factory):
+    """The whole-file fraction the patch weighs (map or read) is the page cache's count, page
+    for page as mincore over every page of the file reports it (the bench's own ctypes
+    reader, the oracle), not an estimate from sampled pages."""
+    from helpers import evictable_dir
+    from safeload import _C
+    from safeload.bench import cache
+
+    path = os.path.join(evictable_dir(tmp_path_factory, "fraction"), "f.bin")
+    pages = 1024
+    with open(path, "wb") as f:
+        f.write(os.urandom(pages * 4096))
+    evict_or_skip(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # what is read and no more
+        os.pread(fd, 300 * 4096, 0)
+    finally:
+        os.close(fd)
+    oracle = cache.resident_fraction(path)
+    if oracle is None or not 0.25 < oracle < 0.5:
+        pytest.skip(f"the page cache holds {oracle} of the file after reading 300 of its {pages} pages")
+    (counted,) = _C.cached_fractions([os.fsencode(path)])
+    assert abs(counted - oracle) <= 2 / pages, (counted, oracle)
+
+
 def test_a_warm_file_is_mapped_and_a_cold_one_read(tmp_path_factory):
     """Under the default backend on the CPU, a file the page cache holds is served by upstream
     (a mapping: safeload's reading would be slower) and counted as mapped; a cold one, another
