@@ -305,7 +305,8 @@ def _shard_files(source: str) -> Optional[List[bytes]]:
     if not raw.endswith(b".json"):
         return [raw]
     with open(raw, "rb") as f:
-        weight_map = json.load(f).get("weight_map")
+        document = json.load(f)
+    weight_map = document.get("weight_map") if isinstance(document, dict) else None
     names = list(weight_map.values()) if isinstance(weight_map, dict) else []
     if not all(isinstance(n, str) for n in names):
         return None
@@ -331,7 +332,7 @@ def _preload(source: Optional[str]):
             return None
         to_read = _to_read(files)
         withdraw = preloading(_C.Checkpoint(to_read, b"")) if to_read else None
-    except (OSError, ValueError, AttributeError, RecursionError):
+    except (OSError, ValueError, RecursionError):
         # The library reports on its checkpoint as it would unpatched.
         return None
     if withdraw is not None:
